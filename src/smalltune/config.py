@@ -1,0 +1,174 @@
+"""The task file: one YAML document, validated by pydantic, read by every stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from smalltune.errors import ConfigError
+from smalltune.io import atomic_write_text
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FieldSpec(_Strict):
+    """One output field of an extraction task."""
+
+    description: str = ""
+    extractive: bool = Field(True, description="The value is copied verbatim from the input text.")
+
+
+class DataConfig(_Strict):
+    """Where the examples are and how to read them."""
+
+    train: Path
+    validation: Path | None = None
+    test: Path | None = None
+    format: Literal["alpaca", "messages", "columns"] = "alpaca"
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="For format=columns: our name (input, output, instruction, system, candidates, id) -> column name.",
+    )
+    validation_share: float = Field(0.1, ge=0, lt=0.5, description="Split off train when no validation file.")
+    test_share: float = Field(0.1, ge=0, lt=0.5, description="Split off train when no test file.")
+    split_seed: int = 42
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = set(value) - {"input", "output", "instruction", "system", "candidates", "id"}
+        if unknown:
+            raise ValueError(f"unknown column roles {sorted(unknown)}; use input, output, instruction, system, candidates, id")
+        return value
+
+
+class ModelConfig(_Strict):
+    """Which model to tune and how to load it."""
+
+    name: str = Field("default", description="'default', a local HF directory, a .gguf file or a hub id.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    enable_thinking: bool = Field(False, description="Qwen3 thinking; off in training and inference alike.")
+    max_length: int = Field(512, ge=16, description="Prompt + answer tokens; the input is shortened, never the answer.")
+    chat_template: Path | None = Field(None, description="A .jinja file for models that ship none.")
+
+
+class LoraSettings(_Strict):
+    """LoRA adapter settings (defaults: the seed recipe's)."""
+
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+class TrainSettings(_Strict):
+    """Optimisation settings."""
+
+    epochs: float = 1.0
+    learning_rate: float = 3e-4
+    batch_size: int = 4
+    gradient_accumulation: int = 1
+    warmup_ratio: float = 0.05
+    seed: int = 42
+    gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
+    group_by_length: bool = True
+    logging_steps: int = 5
+    save_steps: int = 25
+    report_to: Literal["none", "tensorboard"] = "none"
+
+
+class InferSettings(_Strict):
+    """Generation settings shared by eval, predict and serve."""
+
+    batch_size: int = 16
+    max_new_tokens: int = 256
+
+
+class TaskConfig(_Strict):
+    """Everything a run needs, from data to deployment."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["extract", "classify", "chat"]
+    instruction: str = ""
+    system: str | None = None
+    fields: dict[str, FieldSpec] = Field(default_factory=dict)
+    labels: list[str] = Field(default_factory=list)
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    infer: InferSettings = Field(default_factory=InferSettings)
+    output_dir: Path = Path("runs")
+
+    @field_validator("fields", mode="before")
+    @classmethod
+    def _field_shorthand(cls, value: object) -> object:
+        """Accept `name: "description"` as shorthand for `name: {description: ...}`."""
+        if isinstance(value, dict):
+            return {k: {"description": v} if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> TaskConfig:
+        if self.kind == "extract" and not self.fields:
+            raise ValueError("kind 'extract' needs 'fields' (name: description)")
+        if self.kind == "classify" and not self.labels and "candidates" not in self.data.columns:
+            raise ValueError("kind 'classify' needs 'labels' or a 'candidates' column in data.columns")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        """The run directory: output_dir/name."""
+        return self.output_dir / self.name
+
+
+def load_config(path: str | Path) -> TaskConfig:
+    """Read and validate a task file; relative data paths are resolved against the file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such task file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the task file must be a mapping of keys to values")
+    try:
+        config = TaskConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid task file:\n{_describe(exc)}") from exc
+    return _resolve_paths(config, path.parent)
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per problem, naming the key as a dotted path."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {key}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(config: TaskConfig, base: Path) -> TaskConfig:
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base / p)
+
+    data = config.data.model_copy(
+        update={"train": fix(config.data.train), "validation": fix(config.data.validation), "test": fix(config.data.test)}
+    )
+    updates = {"data": data, "output_dir": fix(config.output_dir)}
+    if config.model.chat_template is not None:
+        updates["model"] = config.model.model_copy(update={"chat_template": fix(config.model.chat_template)})
+    return config.model_copy(update=updates)
+
+
+def save_config(config: TaskConfig, path: Path) -> None:
+    """Write the resolved config as YAML (the copy kept in a run directory)."""
+    atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), allow_unicode=True, sort_keys=False))

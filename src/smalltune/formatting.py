@@ -1,0 +1,110 @@
+"""Messages to tokens with the model's own chat template.
+
+`prompt_ids` is the one function that builds a prompt, for training and inference alike. Training
+examples are `prompt_ids + answer + end-of-turn`, with labels on the answer and end-of-turn only.
+When an example is too long, the record's input is shortened; the answer never is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from smalltune.data import Record
+from smalltune.tasks import TaskKind
+
+_SENTINEL = "\u2063SMALLTUNE\u2063"
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict], enable_thinking: bool) -> str:
+    """The prompt text, ending where the assistant's answer starts (thinking on or off as asked)."""
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=enable_thinking
+    )
+
+
+@functools.cache
+def end_of_turn(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The text the template puts after an assistant answer (e.g. `<|im_end|>`), read off the template."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": _SENTINEL}], tokenize=False
+    )
+    tail = text[text.rindex(_SENTINEL) + len(_SENTINEL) :].rstrip()
+    if not tail:
+        tail = tokenizer.eos_token or ""
+    if not tail:
+        raise ValueError("the chat template closes no assistant turn and the tokenizer has no eos token")
+    return tail
+
+
+def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids that end generation: the template's end-of-turn token plus eos."""
+    ids = tokenizer(end_of_turn(tokenizer), add_special_tokens=False)["input_ids"][:1]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def _shortened(tokenizer: PreTrainedTokenizerBase, record: Record, excess: int) -> Record:
+    """The record with its input cut by `excess` tokens (plus a small margin) at the end."""
+    ids = tokenizer(record.input, add_special_tokens=False)["input_ids"]
+    keep = max(0, len(ids) - excess - 2)
+    return dataclasses.replace(record, input=tokenizer.decode(ids[:keep]))
+
+
+def prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, task: TaskKind, record: Record, budget: int, enable_thinking: bool
+) -> tuple[list[int], bool]:
+    """Token ids of the record's prompt within `budget` tokens, and whether the input had to be shortened.
+
+    Raises ValueError when the prompt does not fit even with an empty input.
+    """
+    truncated = False
+    for _ in range(6):
+        text = render_prompt(tokenizer, task.messages(record), enable_thinking)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= budget:
+            return ids, truncated
+        if not record.input:
+            break
+        record, truncated = _shortened(tokenizer, record, len(ids) - budget), True
+    raise ValueError(f"the prompt needs more than {budget} tokens even with the input shortened")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One tokenised training example."""
+
+    input_ids: list[int]
+    completion_mask: list[int]
+    truncated: bool
+
+
+def encode_example(
+    tokenizer: PreTrainedTokenizerBase, task: TaskKind, record: Record, max_length: int, enable_thinking: bool
+) -> Example:
+    """prompt + answer + end-of-turn, labels on answer and end-of-turn; raises ValueError if the answer cannot fit."""
+    completion = tokenizer(task.answer(record) + end_of_turn(tokenizer), add_special_tokens=False)["input_ids"]
+    if not completion:
+        raise ValueError("the answer has no tokens to learn")
+    budget = max_length - len(completion)
+    if budget <= 0:
+        raise ValueError(f"the answer alone is {len(completion)} tokens, over max_length {max_length}")
+    prompt, truncated = prompt_ids(tokenizer, task, record, budget, enable_thinking)
+    return Example(prompt + completion, [0] * len(prompt) + [1] * len(completion), truncated)
+
+
+def encode_examples(
+    tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: list[Record], max_length: int, enable_thinking: bool
+) -> tuple[list[Example], list[str]]:
+    """Encode many records; records that cannot fit are reported as `file:line: why`, not dropped silently."""
+    examples, problems = [], []
+    for record in records:
+        try:
+            examples.append(encode_example(tokenizer, task, record, max_length, enable_thinking))
+        except ValueError as exc:
+            problems.append(f"{record.where}: {exc} (raise model.max_length)")
+    return examples, problems

@@ -1,0 +1,117 @@
+"""The inference engine: the only place that calls `generate`.
+
+Prompts are built by `formatting.prompt_ids` (the function training used), sorted by length and
+batched with left padding; decoding is greedy and stops at the template's end-of-turn token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from smalltune.config import TaskConfig, load_config
+from smalltune.data import Record
+from smalltune.formatting import end_of_turn_ids, prompt_ids
+from smalltune.models import choose_dtype, load_model, load_tokenizer, resolve_model
+from smalltune.tasks import Parsed, TaskKind, build_task
+from smalltune.train import ADAPTER_DIR
+
+
+@dataclass
+class Generation:
+    """Answers in input order, with what it cost."""
+
+    texts: list[str]
+    seconds: float
+    new_tokens: int
+    truncated: list[bool] = field(default_factory=list)
+
+
+class Engine:
+    """Batched greedy generation for one task, with an optional LoRA adapter that can be switched off."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: TaskConfig):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = config
+        self.task: TaskKind = build_task(config)
+        self.stop_ids = end_of_turn_ids(tokenizer)
+
+    @classmethod
+    def from_config(cls, config: TaskConfig, adapter: Path | None = None) -> Engine:
+        """The task's base model, with the adapter attached when one is given."""
+        path = resolve_model(config.model.name)
+        model = load_model(path, choose_dtype(config.model.dtype))
+        tokenizer = load_tokenizer(str(adapter) if adapter else path, None if adapter else config.model.chat_template)
+        if adapter is not None:
+            model = PeftModel.from_pretrained(model, str(adapter))
+        return cls(model, tokenizer, config)
+
+    @classmethod
+    def from_run(cls, run_dir: Path) -> Engine:
+        """The fine-tuned model of a run directory."""
+        return cls.from_config(load_config(Path(run_dir) / "task.yaml"), Path(run_dir) / ADAPTER_DIR)
+
+    @contextlib.contextmanager
+    def untuned(self) -> Iterator[None]:
+        """Within this block the adapter is off: the engine answers as the base model."""
+        if isinstance(self.model, PeftModel):
+            with self.model.disable_adapter():
+                yield
+        else:
+            yield
+
+    def _prompts(self, records: list[Record]) -> tuple[list[list[int]], list[bool]]:
+        budget = self.config.model.max_length
+        built = [prompt_ids(self.tokenizer, self.task, r, budget, self.config.model.enable_thinking) for r in records]
+        return [ids for ids, _ in built], [cut for _, cut in built]
+
+    @torch.inference_mode()
+    def _generate_batch(self, batch: list[list[int]]) -> tuple[list[str], int]:
+        width = max(len(ids) for ids in batch)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=self.model.device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=self.model.device)
+        out = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            max_new_tokens=self.config.infer.max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.stop_ids,
+            pad_token_id=pad,
+        )
+        new = out[:, width:]
+        produced = int(sum((row != pad).sum() for row in new))
+        return self.tokenizer.batch_decode(new, skip_special_tokens=True), produced
+
+    def generate(
+        self, records: list[Record], on_batch: Callable[[int], None] | None = None, prompts_only: bool = False
+    ) -> Generation:
+        """Answers for the records, longest prompts first, in batches of infer.batch_size."""
+        started = time.perf_counter()
+        prompts, truncated = self._prompts(records)
+        order = sorted(range(len(records)), key=lambda i: -len(prompts[i]))
+        texts: list[str] = [""] * len(records)
+        tokens = 0
+        size = self.config.infer.batch_size
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            answers, produced = self._generate_batch([prompts[i] for i in chunk])
+            tokens += produced
+            for i, answer in zip(chunk, answers):
+                texts[i] = answer
+            if on_batch:
+                on_batch(len(chunk))
+        return Generation(texts, time.perf_counter() - started, tokens, truncated)
+
+    def predict(self, records: list[Record], on_batch: Callable[[int], None] | None = None) -> list[Parsed]:
+        """Parsed answers for the records."""
+        generation = self.generate(records, on_batch)
+        return [self.task.parse(text, r) for text, r in zip(generation.texts, records)]

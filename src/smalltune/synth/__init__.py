@@ -1,0 +1,1 @@
+"""Synthetic data-set generators for fine-tuning experiments."""

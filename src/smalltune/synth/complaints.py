@@ -1,0 +1,240 @@
+"""Synthetic Chinese customer-complaint information-extraction data set.
+
+Each record pairs a noisy complaint text with the JSON fields ``name``,
+``address``, ``email`` and ``question``; every field value is an exact
+substring of the text.  Train and test records are built from two disjoint
+pools of sentence templates, complaint topics and noise patterns, so the test
+split measures generalisation rather than memorisation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+from faker import Faker
+
+FIELDS: dict[str, str] = {
+    "name": "投诉人姓名",
+    "address": "投诉人地址",
+    "email": "投诉人邮箱",
+    "question": "投诉的问题，原文中的一句话",
+}
+
+
+class Pool(NamedTuple):
+    """Wordings one split is built from.
+
+    Skeleton slots: G greeting, N/A/E introduced name/address/email,
+    Q question, X mid-text noise sentence, C closing.
+    """
+
+    skeletons: tuple[str, ...]
+    greetings: tuple[str, ...]
+    closings: tuple[str, ...]
+    name_intros: tuple[str, ...]
+    address_intros: tuple[str, ...]
+    email_intros: tuple[str, ...]
+    topics: tuple[tuple[str, tuple[str, ...]], ...]
+    noise_mid: tuple[str, ...]
+    noise_tail: tuple[str, ...]
+
+    @property
+    def templates(self) -> tuple[str, ...]:
+        """All wordings that introduce fields or glue the text together."""
+        return (self.skeletons + self.greetings + self.closings + self.name_intros
+                + self.address_intros + self.email_intros)
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """All problem sentences, flattened over topics."""
+        return tuple(s for _, sentences in self.topics for s in sentences)
+
+    @property
+    def noise(self) -> tuple[str, ...]:
+        """All noise patterns."""
+        return self.noise_mid + self.noise_tail
+
+
+TRAIN_POOL = Pool(
+    skeletons=(
+        "{G}{N}，{A}，{E}。{X}{Q}。{C}",
+        "{G}{Q}！{N}，{A}。{X}{E}",
+        "{N}。{A}。{X}{Q}。{E}。{C}",
+        "{G}{X}{Q}？{N}，{E}，{A}。{C}",
+        "{G}{N}\n{A}\n{E}\n{X}{Q}。",
+        "{Q}。{N}，{A}，{E}。{X}{C}",
+        "{G}{A}，{N}。{Q}！{X}{E}。",
+        "{G}{E}，{N}。{X}{Q}。{A}。{C}",
+        "{N}，{E}。{Q}。{A}。{X}{C}",
+        "{G}{N}，{A}。\n{Q}。\n{E}",
+        "{G}{X}{N}，{A}。{Q}！{E}。{C}",
+        "{G}{A}。{E}。{N}。{X}{Q}？",
+    ),
+    greetings=("您好！", "你好。", "尊敬的客服：\n", "客服你好！", "领导好。", "打扰了。"),
+    closings=("请尽快处理，谢谢。", "希望早日解决！", "盼复。", "麻烦尽快给个答复。"),
+    name_intros=("我叫{}", "本人{}", "联系人：{}", "{}（先生）反映", "姓名{}", "我是业主{}", "投诉人：{}"),
+    address_intros=("住在{}", "家庭住址：{}", "地址是{}", "我家位于{}", "住址{}", "小区地址：{}"),
+    email_intros=("邮箱{}", "电子邮件：{}", "email: {}", "联系邮箱：{}", "邮件请发{}", "E-mail：{}"),
+    topics=(
+        ("宽带", ("家里宽带最近一周每天晚上都断网", "宽带测速只有十几兆远低于办理的三百兆套餐",
+                "宽带师傅预约了三次都没有上门安装", "光猫的光信号灯一直闪红色无法上网",
+                "宽带到期后没有通知就被自动续费了")),
+        ("手机信号", ("小区里手机信号特别差经常打不通电话", "家里4G信号只有一格连视频都看不了",
+                  "地下室完全没有手机信号", "最近打电话经常自动掉线", "手机在室内一直显示无服务")),
+        ("话费账单", ("本月话费账单里多扣了二十元的增值业务费", "我没有订购任何会员却每月被扣费",
+                  "话费明细里出现了我从没拨打过的长途电话", "套餐降档申请提交了一个月还没生效",
+                  "缴费后余额一直没有到账")),
+        ("水压", ("家里水压太低了楼上几乎放不出水", "每天早上用水高峰时水龙头只有细细一股水",
+                "热水器因为水压不足根本打不着火", "高层住户经常没水可用",
+                "二次供水泵房的水泵坏了好几天没人修")),
+        ("水质", ("自来水放出来是黄色的还有一股铁锈味", "水里有很多白色的悬浮物",
+                "烧开水后壶底结了厚厚一层水垢", "自来水有很重的消毒水味道",
+                "水表走得特别快这个月水费翻了一倍")),
+        ("电压电费", ("家里电压不稳灯泡一直忽明忽暗", "晚上电压太低空调启动不了",
+                  "电压波动烧坏了我家的冰箱", "电表读数和实际用电量对不上",
+                  "电费账单突然比上个月高出三倍")),
+        ("燃气计费", ("燃气表显示的读数比实际用量多很多", "燃气卡充值后表里没有到账",
+                  "抄表员从来不上门全是估抄", "燃气预存款被莫名其妙扣光了",
+                  "燃气灶点火后火苗很小一直是黄色的")),
+        ("物业保洁", ("楼道里的垃圾好几天没人清理", "物业费每年都涨服务却越来越差",
+                  "小区绿化带被人私自种菜物业不管", "楼道的声控灯坏了半个月没人修",
+                  "物业保安晚上经常不在岗")),
+    ),
+    noise_mid=("联系电话{phone}。", "工单号：GD{num}。", "{y}年{m}月{d}日已经打过客服热线。",
+               "麻烦您了。", "订单号{num}。", "我已经反映过好多次了！"),
+    noise_tail=("——来自掌上营业厅客户端", "[自动回复]", "以上。", "！！！",
+                "\n--\n发自我的iPhone", "#%&*", "【转发】"),
+)
+
+TEST_POOL = Pool(
+    skeletons=(
+        "{G}{N}；{A}；{E}。{X}{Q}！{C}",
+        "{G}{Q}。{X}{N}；{E}；{A}。",
+        "【{N}】{A}；{E}\n{X}{Q}。{C}",
+        "{G}{E}；{A}。{Q}！{X}{N}。{C}",
+        "{N} | {A} | {E}\n{X}{Q}。",
+        "{G}{X}{Q}。{A}；{N}；{E}。{C}",
+        "{G}{A}；{N}\n{Q}？\n{E}",
+        "{Q}！{N}，{E}。{X}{A}。{C}",
+        "{G}{N}；{E}。\n{X}{Q}。\n{A}",
+        "{E} / {N}\n{A}\n{X}{Q}！{C}",
+        "{G}{A}。{X}{Q}。{N}；{E}。",
+        "{G}{N}。{Q}。{X}{E}；{A}。{C}",
+    ),
+    greetings=("贵单位好！", "各位工作人员好。", "致相关部门：\n", "您好，打扰一下。", "早上好！", "客服小姐姐好！"),
+    closings=("望贵单位重视。", "等你们的回复！", "烦请核实处理。", "感谢！"),
+    name_intros=("鄙人{}", "我的名字是{}", "联系人姓名：{}", "{}（女士）来电", "署名：{}", "用户{}", "报事人 {}"),
+    address_intros=("现居{}", "详细地址：{}", "家住{}", "房屋坐落于{}", "所在地址 {}", "居住地：{}"),
+    email_intros=("Email地址：{}", "邮件地址 {}", "mail:{}", "回复请发至{}", "电邮：{}", "我的邮箱是{}"),
+    topics=(
+        ("停电", ("小区今天凌晨突然停电到现在还没恢复", "这个月已经无故停电四次了", "停电前没有收到任何通知",
+                "家里冰箱里的东西因为长时间停电全坏了", "只有我们这栋楼经常跳闸断电")),
+        ("燃气异味", ("厨房里一直能闻到很浓的煤气味", "楼道里有燃气泄漏的味道很担心安全",
+                  "燃气管道接口处有嘶嘶的漏气声", "报修燃气泄漏后维修人员三个小时才到",
+                  "燃气报警器半夜一直在响")),
+        ("电梯", ("电梯经常停在两层楼中间把人困住", "电梯运行时有很大的异响和晃动",
+                "我们单元的电梯停运一个多月了还没修好", "电梯年检合格证已经过期了", "电梯按钮失灵按了没有反应")),
+        ("停车", ("小区车位被外来车辆长期占用", "物业擅自把停车费从每月一百涨到三百",
+                "地下车库的照明灯大部分都不亮", "我的车位被别人装了地锁", "消防通道上停满了车没人管")),
+        ("停水", ("小区停水两天了也没有发通知", "楼下的自来水管爆裂了水漫进了车库",
+                "停水后恢复供水时水一直很浑浊", "供水公司说好中午恢复供水结果拖到晚上",
+                "水管冬天冻裂了报修一直没人来")),
+        ("号码业务", ("申请携号转网一直提示不符合条件", "营业厅工作人员私自给我更改了套餐",
+                  "销户的时候被要求先交一笔违约金", "客服承诺的话费返还一直没有到账", "我的号码被莫名其妙停机了")),
+        ("噪音", ("楼上装修每天早上七点就开始打电钻", "小区里的变压器嗡嗡响晚上根本睡不着",
+                "广场舞音响声音太大一直到晚上十点", "楼下餐馆的排风扇噪音特别大", "半夜总有货车在小区里装卸货")),
+        ("流量", ("这个月流量明明没用完却被收了超额费用", "手机流量网速慢得打不开网页",
+                "国际漫游流量包开通后没有生效", "流量提醒短信一条都没收到就欠费了",
+                "定向流量包里的应用也被算作通用流量")),
+    ),
+    noise_mid=("回拨号码 {phone}。", "受理编号#{num}。", "{y}-{m:02d}-{d:02d}来电反映过一次。",
+               "辛苦各位师傅了！", "事件单号 WO{num}。", "这都第三次投诉了！"),
+    noise_tail=("——发送自微信小程序", "【系统自动回复，请勿直接回复】", "完毕。", "？？？",
+                "\n————————\n此邮件由客户服务平台自动生成", "~~~///", "（未完待续）"),
+)
+
+_OTHER_DOMAINS = ("qq.com", "163.com", "126.com", "foxmail.com", "sina.com")
+_POSTCODE = re.compile(r"\s*\d{6}$")
+
+
+def _email(fake: Faker, rng: random.Random) -> str:
+    """A faker email, occasionally moved to a common Chinese mail domain."""
+    email = fake.email(safe=False)
+    if rng.random() < 0.25:
+        return f"{email.split('@')[0]}@{rng.choice(_OTHER_DOMAINS)}"
+    return email
+
+
+def _maybe(rng: random.Random, options: tuple[str, ...], p: float) -> str:
+    """One of ``options`` with probability ``p``, else the empty string."""
+    return rng.choice(options) if rng.random() < p else ""
+
+
+def _noise(pattern: str, fake: Faker, rng: random.Random) -> str:
+    """Fill a noise pattern with a phone number, a ticket number and a date."""
+    return pattern.format(phone=fake.phone_number(), num=rng.randrange(10**7, 10**11),
+                          y=rng.randint(2021, 2024), m=rng.randint(1, 12), d=rng.randint(1, 28))
+
+
+def _record(pool: Pool, fake: Faker, rng: random.Random) -> tuple[str, dict[str, str]]:
+    """Draw one complaint text and its extraction target."""
+    output = {
+        "name": fake.name(),
+        "address": _POSTCODE.sub("", fake.address()),
+        "email": _email(fake, rng),
+        "question": rng.choice(rng.choice(pool.topics)[1]),
+    }
+    slots = {
+        "G": _maybe(rng, pool.greetings, 0.6),
+        "N": rng.choice(pool.name_intros).format(output["name"]),
+        "A": rng.choice(pool.address_intros).format(output["address"]),
+        "E": rng.choice(pool.email_intros).format(output["email"]),
+        "Q": output["question"],
+        "X": _noise(_maybe(rng, pool.noise_mid, 0.6), fake, rng),
+        "C": _maybe(rng, pool.closings, 0.5),
+    }
+    text = rng.choice(pool.skeletons).format(**slots) + _noise(_maybe(rng, pool.noise_tail, 0.5), fake, rng)
+    return text.strip(), output
+
+
+def _split(prefix: str, n: int, pool: Pool, fake: Faker, rng: random.Random,
+           seen: set[str]) -> list[dict]:
+    """``n`` records with unique inputs where every field value occurs exactly once."""
+    records: list[dict] = []
+    while len(records) < n:
+        text, output = _record(pool, fake, rng)
+        if text in seen or any(text.count(v) != 1 for v in output.values()):
+            continue
+        seen.add(text)
+        records.append({"id": f"{prefix}-{len(records) + 1:04d}", "input": text, "output": output})
+    return records
+
+
+def generate_complaints(n_train: int = 320, n_test: int = 100, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Generate ``(train, test)`` complaint records, deterministically for ``seed``.
+
+    Records are ``{"id", "input", "output": {name, address, email, question}}``;
+    test records use templates, topics and noise disjoint from the train ones.
+    """
+    fake = Faker("zh_CN")
+    fake.seed_instance(seed)
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    train = _split("train", n_train, TRAIN_POOL, fake, rng, seen)
+    test = _split("test", n_test, TEST_POOL, fake, rng, seen)
+    return train, test
+
+
+def write_complaints(out_dir: Path, n_train: int = 320, n_test: int = 100, seed: int = 0) -> tuple[Path, Path]:
+    """Writes out_dir/train.jsonl and out_dir/test.jsonl (UTF-8, ensure_ascii=False, one JSON object per line) and returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = (out_dir / "train.jsonl", out_dir / "test.jsonl")
+    for path, records in zip(paths, generate_complaints(n_train, n_test, seed)):
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        path.write_text(lines, encoding="utf-8")
+    return paths

@@ -1,0 +1,147 @@
+"""Tests for the synthetic complaint extraction data set."""
+
+import json
+import re
+
+import pytest
+
+from smalltune.synth.complaints import FIELDS, TEST_POOL, TRAIN_POOL, generate_complaints, write_complaints
+
+TERMINALS = "。！？!?"
+EMAIL_CHARS = re.compile(r"[A-Za-z0-9._%+@-]")
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return generate_complaints(n_train=320, n_test=100, seed=0)
+
+
+@pytest.fixture(scope="module")
+def records(splits):
+    return splits[0] + splits[1]
+
+
+def test_fields_order_and_descriptions():
+    assert list(FIELDS) == ["name", "address", "email", "question"]
+    assert FIELDS["question"] == "投诉的问题，原文中的一句话"
+
+
+def test_counts_ids_and_record_shape(splits):
+    train, test = splits
+    assert len(train) == 320 and len(test) == 100
+    assert train[0]["id"] == "train-0001" and train[-1]["id"] == "train-0320"
+    assert test[0]["id"] == "test-0001" and test[-1]["id"] == "test-0100"
+    ids = [r["id"] for r in train + test]
+    assert len(set(ids)) == len(ids)
+    for r in train + test:
+        assert list(r) == ["id", "input", "output"]
+        assert list(r["output"]) == list(FIELDS)
+
+
+def test_inputs_unique(records):
+    inputs = [r["input"] for r in records]
+    assert len(set(inputs)) == len(inputs)
+
+
+def test_deterministic_for_seed(splits):
+    assert generate_complaints(320, 100, seed=0) == splits
+    small = generate_complaints(5, 5, seed=7)
+    assert json.dumps(small, ensure_ascii=False) == json.dumps(generate_complaints(5, 5, seed=7), ensure_ascii=False)
+
+
+def test_different_seed_gives_different_data():
+    a_train, a_test = generate_complaints(20, 20, seed=1)
+    b_train, b_test = generate_complaints(20, 20, seed=2)
+    assert [r["input"] for r in a_train] != [r["input"] for r in b_train]
+    assert [r["input"] for r in a_test] != [r["input"] for r in b_test]
+
+
+def test_values_are_extractive_and_unambiguous(records):
+    for r in records:
+        for value in r["output"].values():
+            assert value and r["input"].count(value) == 1, (r["id"], value)
+
+
+def test_question_is_a_sentence_of_its_own(records):
+    for r in records:
+        text, q = r["input"], r["output"]["question"]
+        assert not any(c in q for c in TERMINALS + "\n")
+        start = text.index(q)
+        end = start + len(q)
+        assert start == 0 or text[start - 1] in TERMINALS + "\n", r["id"]
+        assert end < len(text) and text[end] in TERMINALS, r["id"]
+
+
+def test_value_formats(records):
+    for r in records:
+        out, text = r["output"], r["input"]
+        assert re.fullmatch(r"[\u4e00-\u9fff]{2,4}", out["name"]), out["name"]
+        assert re.fullmatch(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", out["email"]), out["email"]
+        assert not re.search(r"\d{6}$", out["address"]) and out["address"] == out["address"].strip()
+        start = text.index(out["email"])
+        end = start + len(out["email"])
+        assert start == 0 or not EMAIL_CHARS.match(text[start - 1]), r["id"]
+        assert end == len(text) or not EMAIL_CHARS.match(text[end]), r["id"]
+
+
+def test_other_mail_domains_occur(records):
+    domains = {r["output"]["email"].split("@")[1] for r in records}
+    assert domains & {"qq.com", "163.com", "126.com", "foxmail.com", "sina.com"}
+    assert len(domains) > 5
+
+
+def test_input_length_and_whitespace(records):
+    lengths = [len(r["input"]) for r in records]
+    assert all(r["input"] == r["input"].strip() for r in records)
+    assert all(30 <= n <= 260 for n in lengths)
+    assert sum(40 <= n <= 200 for n in lengths) >= 0.9 * len(lengths)
+
+
+def test_pool_sizes():
+    for pool in (TRAIN_POOL, TEST_POOL):
+        assert len(pool.skeletons) >= 12
+        assert len(pool.problems) >= 40 and len(set(pool.problems)) == len(pool.problems)
+        assert len(pool.noise) >= 8
+        assert len(pool.topics) >= 6 and all(len(s) >= 3 for _, s in pool.topics)
+
+
+def test_pools_are_disjoint():
+    assert not set(TRAIN_POOL.templates) & set(TEST_POOL.templates)
+    assert not set(TRAIN_POOL.problems) & set(TEST_POOL.problems)
+    assert not set(TRAIN_POOL.noise) & set(TEST_POOL.noise)
+    assert not {t for t, _ in TRAIN_POOL.topics} & {t for t, _ in TEST_POOL.topics}
+
+
+def test_problem_sentences_have_no_terminals():
+    for q in TRAIN_POOL.problems + TEST_POOL.problems:
+        assert not any(c in q for c in TERMINALS + "\n")
+
+
+def test_splits_draw_from_their_own_pool(splits):
+    train, test = splits
+    assert {r["output"]["question"] for r in train} <= set(TRAIN_POOL.problems)
+    assert {r["output"]["question"] for r in test} <= set(TEST_POOL.problems)
+    train_intros = [i.split("{}")[0] for i in TRAIN_POOL.name_intros if not i.startswith("{}")]
+    test_intros = [i.split("{}")[0] for i in TEST_POOL.name_intros if not i.startswith("{}")]
+    assert any(any(i + r["output"]["name"] in r["input"] for i in train_intros) for r in train)
+    assert not any(any(i + r["output"]["name"] in r["input"] for i in test_intros) for r in train)
+    assert not any(any(i + r["output"]["name"] in r["input"] for i in train_intros) for r in test)
+
+
+def test_noise_appears(splits):
+    train, test = splits
+    assert any("工单号：GD" in r["input"] or "联系电话" in r["input"] for r in train)
+    assert any("受理编号#" in r["input"] or "回拨号码" in r["input"] for r in test)
+    assert sum(r["input"].endswith("[自动回复]") for r in train) > 0
+
+
+def test_write_complaints_round_trips(tmp_path):
+    train_path, test_path = write_complaints(tmp_path / "out", n_train=12, n_test=5, seed=3)
+    assert (train_path.name, test_path.name) == ("train.jsonl", "test.jsonl")
+    expected = generate_complaints(12, 5, seed=3)
+    for path, records in zip((train_path, test_path), expected):
+        raw = path.read_text(encoding="utf-8")
+        assert "\\u" not in raw
+        lines = raw.splitlines()
+        assert len(lines) == len(records)
+        assert [json.loads(line) for line in lines] == records
