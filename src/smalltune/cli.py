@@ -73,7 +73,8 @@ def _example_for(kind: str, extract_yaml: str) -> str:
     if kind not in blocks:
         raise SmalltuneError(f"--kind {kind!r}: use extract, classify or chat")
     head = head.replace("kind: extract", f"kind: {kind}").replace("name: complaints", f"name: my-{kind}")
-    head = head.replace("从下面的客户投诉中抽取投诉人的信息。", "判断新闻标题的类别。" if kind == "classify" else "")
+    instruction = "instruction: 从下面的客户投诉中抽取投诉人的信息。"
+    head = head.replace(instruction, "instruction: 判断新闻标题的类别。" if kind == "classify" else "system: 你是一位耐心的客服。")
     return head + blocks[kind] + rest
 
 

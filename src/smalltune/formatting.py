@@ -26,9 +26,13 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict], enab
     )
 
 
-@functools.cache
 def end_of_turn(tokenizer: PreTrainedTokenizerBase) -> str:
     """The text the template puts after an assistant answer (e.g. `<|im_end|>`), read off the template."""
+    return _end_of_turn(tokenizer, tokenizer.chat_template)
+
+
+@functools.lru_cache(maxsize=8)
+def _end_of_turn(tokenizer: PreTrainedTokenizerBase, template: str) -> str:
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": "x"}, {"role": "assistant", "content": _SENTINEL}], tokenize=False
     )

@@ -97,8 +97,8 @@ def sft_config(config: TaskConfig, dtype: torch.dtype, has_validation: bool) -> 
     )
 
 
-def train(config: TaskConfig, resume: bool = False) -> Path:
-    """Fine-tune the task's model with LoRA; returns the run directory."""
+def build_trainer(config: TaskConfig) -> SFTTrainer:
+    """Data, model and LoRA wired into a ready-to-run SFTTrainer (the run directory is created)."""
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     task = build_task(config)
@@ -117,9 +117,8 @@ def train(config: TaskConfig, resume: bool = False) -> Path:
     eval_set = _dataset(_encode(tokenizer, task, splits.validation, config, "validation")) if splits.validation else None
     model = load_model(model_path, dtype)
     log.info("model %s, dtype %s, %d training / %d validation examples", model_path, dtype, len(train_set), len(eval_set or []))
-
     lora = config.lora
-    trainer = SFTTrainer(
+    return SFTTrainer(
         model=model,
         args=sft_config(config, dtype, eval_set is not None),
         train_dataset=train_set,
@@ -131,21 +130,32 @@ def train(config: TaskConfig, resume: bool = False) -> Path:
         ),
         callbacks=[_JsonLog(run_dir / "train_log.jsonl")],
     )
-    checkpoints = list((run_dir / "checkpoints").glob("checkpoint-*"))
+
+
+def save_run(trainer: SFTTrainer, run_dir: Path, seconds: float) -> None:
+    """Adapter, tokenizer and the training summary (loss history included) into the run directory."""
+    if not trainer.is_world_process_zero():
+        return
+    trainer.save_model(str(run_dir / ADAPTER_DIR))
+    trainer.processing_class.save_pretrained(run_dir / ADAPTER_DIR)
+    atomic_write_json(
+        run_dir / "train_summary.json",
+        {
+            "base_model": trainer.model.peft_config["default"].base_model_name_or_path,
+            "dtype": str(trainer.model.dtype).removeprefix("torch."),
+            "train_examples": len(trainer.train_dataset),
+            "validation_examples": len(trainer.eval_dataset or []),
+            "seconds": round(seconds, 1),
+            "history": trainer.state.log_history,
+        },
+    )
+
+
+def train(config: TaskConfig, resume: bool = False) -> Path:
+    """Fine-tune the task's model with LoRA; returns the run directory."""
+    trainer = build_trainer(config)
+    checkpoints = list((config.run_dir / "checkpoints").glob("checkpoint-*"))
     started = time.time()
     trainer.train(resume_from_checkpoint=bool(resume and checkpoints))
-    if trainer.is_world_process_zero():
-        trainer.save_model(str(run_dir / ADAPTER_DIR))
-        tokenizer.save_pretrained(run_dir / ADAPTER_DIR)
-        atomic_write_json(
-            run_dir / "train_summary.json",
-            {
-                "base_model": model_path,
-                "dtype": str(dtype).removeprefix("torch."),
-                "train_examples": len(train_set),
-                "validation_examples": len(eval_set or []),
-                "seconds": round(time.time() - started, 1),
-                "history": trainer.state.log_history,
-            },
-        )
-    return run_dir
+    save_run(trainer, config.run_dir, time.time() - started)
+    return config.run_dir

@@ -1,0 +1,58 @@
+"""The task file: defaults, clear errors naming the key, and the commented example from `init`."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from smalltune.cli import app
+from smalltune.config import load_config
+from smalltune.errors import ConfigError
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "task.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_minimal_file_gets_the_seed_lora_defaults_and_resolves_paths(tmp_path):
+    config = load_config(write(tmp_path, "name: c\nkind: extract\nfields: {name: 姓名}\ndata: {train: d/train.jsonl}\n"))
+    assert (config.lora.r, config.lora.alpha, config.lora.dropout) == (8, 32, 0.1)
+    assert "down_proj" in config.lora.target_modules
+    assert config.data.train == tmp_path / "d" / "train.jsonl"
+    assert config.fields["name"].description == "姓名"
+    assert config.model.enable_thinking is False
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("name: c\nkind: extract\nfields: {a: b}\ndata: {train: x}\nlora: {r: many}\n", "lora.r"),
+        ("name: c\nkind: extract\nfields: {a: b}\ndata: {train: x}\ntrain: {epochz: 2}\n", "train.epochz"),
+        ("name: c\nkind: summarise\ndata: {train: x}\n", "kind"),
+        ("name: c\nkind: extract\ndata: {train: x}\n", "fields"),
+        ("name: c\nkind: classify\ndata: {train: x}\n", "labels"),
+        ("name: c\nkind: chat\n", "data"),
+    ],
+)
+def test_errors_name_the_key(tmp_path, text, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert key in str(err.value) and "task.yaml" in str(err.value)
+
+
+def test_missing_file_and_bad_yaml_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="no such task file"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "name: [unclosed\n"))
+
+
+@pytest.mark.parametrize("kind", ["extract", "classify", "chat"])
+def test_init_writes_a_valid_commented_example(tmp_path, kind):
+    out = tmp_path / f"{kind}.yaml"
+    result = CliRunner().invoke(app, ["init", "--kind", kind, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    config = load_config(out)
+    assert config.kind == kind and "#" in out.read_text(encoding="utf-8")
