@@ -32,19 +32,32 @@ def _progress() -> Progress:
     )
 
 
-def _generate_with_bar(label: str, total: int):
-    """A progress bar and the callback that advances it (records/s shown)."""
-    progress = _progress()
-    started = time.perf_counter()
-    bar = progress.add_task(label, total=total, rate="")
-    done = 0
+class _RecordBar:
+    """A progress bar over records with records/s, shown from the first finished batch until the block ends."""
 
-    def advance(n: int) -> None:
-        nonlocal done
-        done += n
-        progress.update(bar, advance=n, rate=f"{done / (time.perf_counter() - started):.2f} rec/s")
+    def __init__(self, label: str, total: int | None = None):
+        self.progress = _progress()
+        self.bar = self.progress.add_task(label, total=total, rate="")
+        self.started = time.perf_counter()
+        self.done = 0
 
-    return progress, advance
+    def __enter__(self) -> _RecordBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def start(self, total: int) -> None:
+        self.progress.update(self.bar, total=total)
+
+    def advance(self, n: int) -> None:
+        """Called with 0 when generation starts (the clock starts then) and with each finished batch's size."""
+        if not self.progress.live.is_started:
+            self.progress.start()
+            self.started = time.perf_counter()
+        self.done += n
+        rate = self.done / max(time.perf_counter() - self.started, 1e-9)
+        self.progress.update(self.bar, advance=n, rate=f"{rate:.2f} rec/s")
 
 
 @app.command()
@@ -130,7 +143,8 @@ def eval_(
     """Score the untuned and the fine-tuned model on the held-out records, side by side."""
     from smalltune.evaluate import evaluate_run
 
-    results = evaluate_run(run_dir, limit=limit)
+    with _RecordBar("eval") as bar:
+        results = evaluate_run(run_dir, limit=limit, on_batch=bar.advance)
     print_results(results, f"eval: {run_dir}")
     console.print(f"wrote {run_dir / 'metrics.json'} and {run_dir / 'predictions.jsonl'}")
 
@@ -144,9 +158,8 @@ def predict(
     """Answer every record of a file with the fine-tuned model."""
     from smalltune.predict import predict_file
 
-    progress, advance = _generate_with_bar("predict", total=0)
-    with progress:
-        count = predict_file(run_dir, input_file, out, on_start=lambda n: progress.update(0, total=n), on_batch=advance)
+    with _RecordBar("predict") as bar:
+        count = predict_file(run_dir, input_file, out, on_start=bar.start, on_batch=bar.advance)
     console.print(f"wrote {count} answers to {out}")
 
 
@@ -160,7 +173,8 @@ def demo(
     from smalltune.demo import run_demo
 
     started = time.perf_counter()
-    results = run_demo(work_dir, train_records, test_records, log=console.print)
+    with _RecordBar("eval: untuned, then fine-tuned", total=2 * test_records) as bar:
+        results = run_demo(work_dir, train_records, test_records, log=console.print, on_batch=bar.advance)
     print_results(results, f"held-out complaints ({test_records} records)")
     console.print(f"total time: {(time.perf_counter() - started) / 60:.1f} min; results in {work_dir}")
 
@@ -171,7 +185,7 @@ def main() -> None:
     try:
         app()
     except SmalltuneError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         sys.exit(2)
 
 

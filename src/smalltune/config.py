@@ -158,7 +158,7 @@ def _describe(exc: ValidationError) -> str:
 
 def _resolve_paths(config: TaskConfig, base: Path) -> TaskConfig:
     def fix(p: Path | None) -> Path | None:
-        return p if p is None or p.is_absolute() else (base / p)
+        return p if p is None else (base / p).resolve()
 
     data = config.data.model_copy(
         update={"train": fix(config.data.train), "validation": fix(config.data.validation), "test": fix(config.data.test)}

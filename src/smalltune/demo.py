@@ -14,7 +14,11 @@ from smalltune.train import train
 
 
 def run_demo(
-    work_dir: Path, n_train: int = 320, n_test: int = 100, log: Callable[[str], None] = print
+    work_dir: Path,
+    n_train: int = 320,
+    n_test: int = 100,
+    log: Callable[[str], None] = print,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, SystemResult]:
     """Write data and task file into work_dir, train, evaluate; returns the results per system."""
     work_dir = Path(work_dir)
@@ -26,4 +30,4 @@ def run_demo(
     log(f"fine-tuning {config.model.name} with LoRA: run directory {config.run_dir}")
     run_dir = train(config)
     log("measuring the untuned and the fine-tuned model on the held-out records")
-    return evaluate_run(run_dir)
+    return evaluate_run(run_dir, on_batch=on_batch)

@@ -94,10 +94,15 @@ class Engine:
     def generate(
         self, records: list[Record], on_batch: Callable[[int], None] | None = None, prompts_only: bool = False
     ) -> Generation:
-        """Answers for the records, longest prompts first, in batches of infer.batch_size."""
+        """Answers for the records, longest prompts first, in batches of infer.batch_size.
+
+        `on_batch` is called with 0 when decoding starts, then with the size of each finished batch.
+        """
         started = time.perf_counter()
         prompts, truncated = self._prompts(records)
         order = sorted(range(len(records)), key=lambda i: -len(prompts[i]))
+        if on_batch:
+            on_batch(0)
         texts: list[str] = [""] * len(records)
         tokens = 0
         size = self.config.infer.batch_size

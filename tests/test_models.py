@@ -1,0 +1,57 @@
+"""Model references: the offline default model, GGUF conversion once, clear errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from smalltune.errors import ModelError
+from smalltune.models import choose_dtype, resolve_model
+
+
+def test_default_model_resolves_offline_to_a_converted_qwen_directory(default_model_dir):
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    path = Path(default_model_dir)
+    assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
+    assert '"model_type": "qwen2"' in (path / "config.json").read_text()
+    assert (path.parents[1] / "gguf" / "qwen2.5-coder-0.5b-instruct.gguf").stat().st_size == 491_400_064
+
+
+def test_conversion_happens_once(default_model_dir):
+    marker = Path(default_model_dir) / "smalltune-converted.json"
+    before = marker.stat().st_mtime_ns
+    assert resolve_model("default") == default_model_dir
+    assert marker.stat().st_mtime_ns == before
+
+
+def test_a_gguf_file_converts_to_a_loadable_model(tmp_path, monkeypatch):
+    from smalltune.models import PACKAGED, _package_file, load_model, load_tokenizer
+
+    smol = PACKAGED["smollm2-135m"]
+    gguf = _package_file(*smol.parts[0], smol.install)
+    monkeypatch.setenv("SMALLTUNE_CACHE", str(tmp_path))
+    path = resolve_model(str(gguf))
+    assert Path(path).parent == tmp_path / "models"
+    tokenizer = load_tokenizer(path)
+    model = load_model(path, torch.float32)
+    ids = tokenizer("Hello", return_tensors="pt")["input_ids"]
+    assert model(input_ids=ids).logits.shape[-1] == model.config.vocab_size
+
+
+@pytest.mark.parametrize("ref", ["./missing-dir", "/nope/model.gguf"])
+def test_bad_references_say_what_to_use(ref):
+    with pytest.raises(ModelError):
+        resolve_model(ref)
+
+
+def test_a_directory_without_config_is_rejected(tmp_path):
+    with pytest.raises(ModelError, match="config.json"):
+        resolve_model(str(tmp_path))
+
+
+def test_dtype_choice_respects_an_explicit_setting():
+    assert choose_dtype("float32") is torch.float32
+    assert choose_dtype("auto") in (torch.bfloat16, torch.float32)

@@ -1,0 +1,77 @@
+"""`smalltune predict` and the CLI's user-facing behaviour: resumable output, clear errors, data check."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from conftest import write_jsonl
+from smalltune.cli import app
+from smalltune.config import TaskConfig, save_config
+from smalltune.predict import predict_file
+from smalltune.synth.complaints import FIELDS, generate_complaints
+
+runner = CliRunner()
+
+
+def run_dir_with_adapter(tmp_path, model_dir):
+    """A run directory as `train` leaves it, from one quick training step of the tiny model."""
+    from smalltune.train import build_trainer, save_run
+
+    train_rows, test_rows = generate_complaints(n_train=4, n_test=7, seed=3)
+    write_jsonl(tmp_path / "train.jsonl", train_rows)
+    config = TaskConfig(
+        name="tiny", kind="extract", fields=FIELDS,
+        data={"train": tmp_path / "train.jsonl", "validation_share": 0, "test_share": 0},
+        model={"name": str(model_dir), "max_length": 256, "dtype": "float32"},
+        train={"epochs": 1, "batch_size": 4, "save_steps": 100},
+        infer={"batch_size": 3, "max_new_tokens": 4}, output_dir=tmp_path / "runs",
+    )
+    trainer = build_trainer(config)
+    trainer.train()
+    save_run(trainer, config.run_dir, 1.0)
+    inputs = write_jsonl(tmp_path / "in.jsonl", [{"id": r["id"], "input": r["input"]} for r in test_rows])
+    return config.run_dir, inputs
+
+
+def test_predict_resumes_after_a_kill_with_every_record_exactly_once(tmp_path, tiny_qwen3_dir):
+    run_dir, inputs = run_dir_with_adapter(tmp_path, tiny_qwen3_dir)
+    out = tmp_path / "out.jsonl"
+    assert predict_file(run_dir, inputs, out) == 7
+    lines = out.read_text(encoding="utf-8").splitlines()
+    # simulate a kill: keep two answers and half of the third line
+    out.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2], encoding="utf-8")
+    assert predict_file(run_dir, inputs, out) == 5
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted(f"test-{i:04d}" for i in range(1, 8))
+    assert all({"id", "answer", "result", "error"} <= set(r) for r in rows)
+    assert predict_file(run_dir, inputs, out) == 0  # nothing left to do
+
+
+def test_cli_error_is_one_clear_line_without_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "smalltune.cli", "train", str(tmp_path / "missing.yaml")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert "no such task file" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_data_check_lists_every_invalid_record_with_file_and_line(tmp_path, tiny_qwen3_dir):
+    rows, _ = generate_complaints(n_train=12, n_test=1, seed=4)
+    rows[3]["output"].pop("email")
+    rows[7]["input"] = ""
+    rows.append(dict(rows[0], id="dup"))
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    config = TaskConfig(name="c", kind="extract", fields=FIELDS, data={"train": tmp_path / "d.jsonl"},
+                        model={"name": str(tiny_qwen3_dir)})
+    save_config(config, tmp_path / "task.yaml")
+    result = runner.invoke(app, ["data", "check", str(tmp_path / "task.yaml")])
+    assert result.exit_code == 1
+    assert "d.jsonl:4:" in result.output and "email" in result.output
+    assert "d.jsonl:8:" in result.output and "input" in result.output
+    assert "duplicate" in result.output and "p50" in result.output
