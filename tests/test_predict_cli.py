@@ -45,7 +45,7 @@ def test_predict_resumes_after_a_kill_with_every_record_exactly_once(tmp_path, t
     assert predict_file(run_dir, inputs, out) == 5
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert sorted(r["id"] for r in rows) == sorted(f"test-{i:04d}" for i in range(1, 8))
-    assert all({"id", "answer", "result", "error"} <= set(r) for r in rows)
+    assert all({"id", "answer", "result", "error", "input_shortened"} <= set(r) for r in rows)
     assert predict_file(run_dir, inputs, out) == 0  # nothing left to do
 
 

@@ -82,3 +82,14 @@ def test_char_f1():
     assert char_f1("本宫知道了", "本宫知道了") == 1.0
     assert char_f1("", "有") == 0.0
     assert 0 < char_f1("本宫知道", "本宫不知道了") < 1
+
+
+def test_bootstrap_interval_brackets_the_score_and_narrows_with_agreement():
+    from smalltune.evaluate import bootstrap_intervals
+
+    t = task("classify", labels=["体育", "财经"])
+    golds = [rec("体育")] * 20 + [rec("财经")] * 20
+    half = [Parsed("体育")] * 40
+    lo, hi = bootstrap_intervals(t, half, golds, rounds=300)["accuracy"]
+    assert lo < 0.5 < hi and hi - lo > 0.1
+    assert bootstrap_intervals(t, [Parsed(r.output) for r in golds], golds, rounds=300)["accuracy"] == (1.0, 1.0)

@@ -122,15 +122,21 @@ def train(task_file: Path = TaskFile, resume: bool = typer.Option(False, help="C
     console.print(f"run directory: {run_dir}")
 
 
+def _with_interval(result, metric: str) -> str:
+    lo, hi = result.intervals.get(metric, (None, None))
+    value = f"{result.metrics[metric]:.3f}"
+    return value if lo is None or lo == hi else f"{value} [{lo:.2f}, {hi:.2f}]"
+
+
 def print_results(results: dict, title: str) -> None:
-    """The side-by-side table of metrics per system."""
+    """The side-by-side table of metrics per system, with 95% bootstrap intervals."""
     table = Table(title=title)
     table.add_column("metric")
     for name in results:
         table.add_column(name, justify="right")
     first = next(iter(results.values()))
     for metric in first.metrics:
-        table.add_row(metric, *(f"{r.metrics[metric]:.3f}" for r in results.values()))
+        table.add_row(metric, *(_with_interval(r, metric) for r in results.values()))
     table.add_row("records/s", *(f"{r.records_per_second:.2f}" for r in results.values()))
     console.print(table)
 

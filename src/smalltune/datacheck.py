@@ -29,14 +29,14 @@ def _percentiles(lengths: list[int]) -> dict[str, int]:
     return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1]}
 
 
-def check_data(config: TaskConfig, with_tokens: bool = True) -> DataReport:
+def check_data(config: TaskConfig) -> DataReport:
     """Load every split as training would and report what training would see."""
     task = build_task(config)
     splits = load_splits(config.data, check=task.check)
     records = splits.train + splits.validation + splits.test
     problems = list(splits.problems)
     lengths: list[int] = []
-    if with_tokens and records:
+    if records:
         tokenizer = load_tokenizer(resolve_model(config.model.name), config.model.chat_template)
         examples, too_long = encode_examples(tokenizer, task, records, config.model.max_length, config.model.enable_thinking)
         problems += too_long

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from smalltune.config import load_config
 from smalltune.data import Record, load_splits
 from smalltune.infer import Engine
 from smalltune.io import atomic_write_json, atomic_write_text
+from smalltune.tasks import Parsed, TaskKind
 from smalltune.train import ADAPTER_DIR
 
 UNTUNED, TUNED = "untuned", "fine-tuned"
@@ -23,6 +25,7 @@ class SystemResult:
 
     name: str
     metrics: dict[str, float]
+    intervals: dict[str, tuple[float, float]]
     answers: list[str]
     seconds: float
     new_tokens: int
@@ -37,7 +40,22 @@ def run_system(engine: Engine, name: str, records: list[Record], on_batch: Calla
     generation = engine.generate(records, on_batch)
     parsed = [engine.task.parse(text, r) for text, r in zip(generation.texts, records)]
     metrics = engine.task.score(parsed, records)
-    return SystemResult(name, metrics, generation.texts, generation.seconds, generation.new_tokens)
+    intervals = bootstrap_intervals(engine.task, parsed, records)
+    return SystemResult(name, metrics, intervals, generation.texts, generation.seconds, generation.new_tokens)
+
+
+def bootstrap_intervals(
+    task: TaskKind, parsed: list[Parsed], records: list[Record], rounds: int = 1000, seed: int = 0
+) -> dict[str, tuple[float, float]]:
+    """95% percentile-bootstrap interval of every metric, resampling records (test sets are small)."""
+    rng = random.Random(seed)
+    samples: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        pick = [rng.randrange(len(records)) for _ in records]
+        for metric, value in task.score([parsed[i] for i in pick], [records[i] for i in pick]).items():
+            samples.setdefault(metric, []).append(value)
+    lo, hi = int(0.025 * rounds), min(rounds - 1, int(0.975 * rounds))
+    return {metric: (sorted(v)[lo], sorted(v)[hi]) for metric, v in samples.items()}
 
 
 def evaluate_run(
@@ -66,6 +84,7 @@ def save_results(run_dir: Path, records: list[Record], results: dict[str, System
             "systems": {
                 name: {
                     "metrics": r.metrics,
+                    "ci95": {k: [round(lo, 4), round(hi, 4)] for k, (lo, hi) in r.intervals.items()},
                     "seconds": round(r.seconds, 2),
                     "records_per_second": round(r.records_per_second, 3),
                     "new_tokens": r.new_tokens,

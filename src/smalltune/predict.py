@@ -43,10 +43,10 @@ def predict_file(
     with out.open("a", encoding="utf-8") as handle:
         for start in range(0, len(todo), chunk):
             records = todo[start : start + chunk]
-            texts = engine.generate(records, on_batch).texts
-            for record, text in zip(records, texts):
+            generation = engine.generate(records, on_batch)
+            for record, text, cut in zip(records, generation.texts, generation.truncated):
                 parsed = engine.task.parse(text, record)
-                row = {"id": record.id, "answer": text, "result": parsed.value, "error": parsed.error}
+                row = {"id": record.id, "answer": text, "result": parsed.value, "error": parsed.error, "input_shortened": cut}
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             handle.flush()
     return len(todo)
