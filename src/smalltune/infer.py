@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,18 +20,18 @@ from smalltune.config import TaskConfig, load_config
 from smalltune.data import Record
 from smalltune.formatting import end_of_turn_ids, prompt_ids
 from smalltune.models import choose_dtype, load_model, load_tokenizer, resolve_model
-from smalltune.tasks import Parsed, TaskKind, build_task
+from smalltune.tasks import TaskKind, build_task
 from smalltune.train import ADAPTER_DIR
 
 
 @dataclass
 class Generation:
-    """Answers in input order, with what it cost."""
+    """Answers in input order, what they cost, and which inputs were shortened to fit."""
 
     texts: list[str]
     seconds: float
     new_tokens: int
-    truncated: list[bool] = field(default_factory=list)
+    truncated: list[bool]
 
 
 class Engine:
@@ -92,7 +92,7 @@ class Engine:
         return self.tokenizer.batch_decode(new, skip_special_tokens=True), produced
 
     def generate(
-        self, records: list[Record], on_batch: Callable[[int], None] | None = None, prompts_only: bool = False
+        self, records: list[Record], on_batch: Callable[[int], None] | None = None
     ) -> Generation:
         """Answers for the records, longest prompts first, in batches of infer.batch_size.
 
@@ -115,8 +115,3 @@ class Engine:
             if on_batch:
                 on_batch(len(chunk))
         return Generation(texts, time.perf_counter() - started, tokens, truncated)
-
-    def predict(self, records: list[Record], on_batch: Callable[[int], None] | None = None) -> list[Parsed]:
-        """Parsed answers for the records."""
-        generation = self.generate(records, on_batch)
-        return [self.task.parse(text, r) for text, r in zip(generation.texts, records)]
