@@ -38,7 +38,7 @@ class _RecordBar:
     def __init__(self, label: str, total: int | None = None):
         self.progress = _progress()
         self.bar = self.progress.add_task(label, total=total, rate="")
-        self.started = time.perf_counter()
+        self.started = 0.0  # set when the first batch call arrives
         self.done = 0
 
     def __enter__(self) -> _RecordBar:

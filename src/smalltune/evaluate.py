@@ -55,7 +55,8 @@ def bootstrap_intervals(
         for metric, value in task.score([parsed[i] for i in pick], [records[i] for i in pick]).items():
             samples.setdefault(metric, []).append(value)
     lo, hi = int(0.025 * rounds), min(rounds - 1, int(0.975 * rounds))
-    return {metric: (sorted(v)[lo], sorted(v)[hi]) for metric, v in samples.items()}
+    ordered = {metric: sorted(values) for metric, values in samples.items()}
+    return {metric: (v[lo], v[hi]) for metric, v in ordered.items()}
 
 
 def evaluate_run(
