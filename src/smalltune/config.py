@@ -91,6 +91,13 @@ class InferSettings(_Strict):
     max_new_tokens: int = 256
 
 
+class EvalSettings(_Strict):
+    """What `smalltune eval` compares the fine-tuned model against."""
+
+    few_shot: int = Field(default=3, ge=0, description="k training examples in the untuned model's prompt; 0 = skip")
+    baselines: list[str] = Field(default_factory=list, description="registered baselines (smalltune.baselines)")
+
+
 class TaskConfig(_Strict):
     """Everything a run needs, from data to deployment."""
 
@@ -105,6 +112,7 @@ class TaskConfig(_Strict):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     infer: InferSettings = Field(default_factory=InferSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
     output_dir: Path = Path("runs")
 
     @field_validator("fields", mode="before")

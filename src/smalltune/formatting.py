@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -59,16 +60,35 @@ def _shortened(tokenizer: PreTrainedTokenizerBase, record: Record, excess: int) 
     return dataclasses.replace(record, input=tokenizer.decode(ids[:keep]))
 
 
+def with_shots(task: TaskKind, record: Record, shots: Sequence[Record]) -> list[dict[str, str]]:
+    """The record's messages with solved examples (user turn, reference answer) before its user turn."""
+    messages = task.messages(record)
+    if not shots:
+        return messages
+    solved = []
+    for shot in shots:
+        solved += [m for m in task.messages(shot) if m["role"] != "system"]
+        solved.append({"role": "assistant", "content": task.answer(shot)})
+    head = [m for m in messages[:1] if m["role"] == "system"]
+    return [*head, *solved, *messages[len(head):]]
+
+
 def prompt_ids(
-    tokenizer: PreTrainedTokenizerBase, task: TaskKind, record: Record, budget: int, enable_thinking: bool
+    tokenizer: PreTrainedTokenizerBase,
+    task: TaskKind,
+    record: Record,
+    budget: int,
+    enable_thinking: bool,
+    shots: Sequence[Record] = (),
 ) -> tuple[list[int], bool]:
     """Token ids of the record's prompt within `budget` tokens, and whether the input had to be shortened.
 
+    `shots` are solved examples shown before the record (few-shot prompting; training uses none).
     Raises ValueError when the prompt does not fit even with an empty input.
     """
     truncated = False
     for _ in range(6):
-        text = render_prompt(tokenizer, task.messages(record), enable_thinking)
+        text = render_prompt(tokenizer, with_shots(task, record, shots), enable_thinking)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) <= budget:
             return ids, truncated

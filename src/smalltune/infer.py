@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,9 +68,10 @@ class Engine:
         else:
             yield
 
-    def _prompts(self, records: list[Record]) -> tuple[list[list[int]], list[bool]]:
+    def _prompts(self, records: list[Record], shots: Sequence[Record]) -> tuple[list[list[int]], list[bool]]:
         budget = self.config.model.max_length
-        built = [prompt_ids(self.tokenizer, self.task, r, budget, self.config.model.enable_thinking) for r in records]
+        thinking = self.config.model.enable_thinking
+        built = [prompt_ids(self.tokenizer, self.task, r, budget, thinking, shots) for r in records]
         return [ids for ids, _ in built], [cut for _, cut in built]
 
     @torch.inference_mode()
@@ -92,18 +93,29 @@ class Engine:
         return self.tokenizer.batch_decode(new, skip_special_tokens=True), produced
 
     def generate(
-        self, records: list[Record], on_batch: Callable[[int], None] | None = None
+        self,
+        records: list[Record],
+        on_batch: Callable[[int], None] | None = None,
+        shots: Sequence[Record] = (),
     ) -> Generation:
-        """Answers for the records, longest prompts first, in batches of infer.batch_size.
+        """Answers for the records (prompted with the task's messages, after `shots` solved examples if given).
 
         `on_batch` is called with 0 when decoding starts, then with the size of each finished batch.
         """
         started = time.perf_counter()
-        prompts, truncated = self._prompts(records)
-        order = sorted(range(len(records)), key=lambda i: -len(prompts[i]))
+        prompts, truncated = self._prompts(records, shots)
+        generation = self.generate_ids(prompts, on_batch)
+        generation.truncated = truncated
+        generation.seconds = time.perf_counter() - started
+        return generation
+
+    def generate_ids(self, prompts: list[list[int]], on_batch: Callable[[int], None] | None = None) -> Generation:
+        """Answers for ready-made prompt token ids, longest prompts first, in batches of infer.batch_size."""
+        started = time.perf_counter()
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         if on_batch:
             on_batch(0)
-        texts: list[str] = [""] * len(records)
+        texts: list[str] = [""] * len(prompts)
         tokens = 0
         size = self.config.infer.batch_size
         for start in range(0, len(order), size):
@@ -114,4 +126,4 @@ class Engine:
                 texts[i] = answer
             if on_batch:
                 on_batch(len(chunk))
-        return Generation(texts, time.perf_counter() - started, tokens, truncated)
+        return Generation(texts, time.perf_counter() - started, tokens, [False] * len(prompts))
