@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from xgrammar import CompiledGrammar
 
 from smalltune.config import TaskConfig, load_config
+from smalltune.constrain import Grammars, logits_processor
 from smalltune.data import Record
 from smalltune.formatting import end_of_turn_ids, prompt_ids
 from smalltune.models import choose_dtype, load_model, load_tokenizer, resolve_model
@@ -43,6 +45,11 @@ class Engine:
         self.config = config
         self.task: TaskKind = build_task(config)
         self.stop_ids = end_of_turn_ids(tokenizer)
+        self.grammars = (
+            Grammars(tokenizer, self.task, model.config.vocab_size, self.stop_ids, config.infer.grounded)
+            if config.infer.constrained and config.kind != "chat"
+            else None
+        )
 
     @classmethod
     def from_config(cls, config: TaskConfig, adapter: Path | None = None) -> Engine:
@@ -75,7 +82,7 @@ class Engine:
         return [ids for ids, _ in built], [cut for _, cut in built]
 
     @torch.inference_mode()
-    def _generate_batch(self, batch: list[list[int]]) -> tuple[list[str], int]:
+    def _generate_batch(self, batch: list[list[int]], grammars: list | None) -> tuple[list[str], int]:
         width = max(len(ids) for ids in batch)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=self.model.device)
@@ -87,6 +94,7 @@ class Engine:
             do_sample=False,
             eos_token_id=self.stop_ids,
             pad_token_id=pad,
+            logits_processor=[logits_processor(grammars)] if grammars else None,
         )
         new = out[:, width:]
         produced = int(sum((row != pad).sum() for row in new))
@@ -104,13 +112,22 @@ class Engine:
         """
         started = time.perf_counter()
         prompts, truncated = self._prompts(records, shots)
-        generation = self.generate_ids(prompts, on_batch)
+        grammars = [self.grammars.for_record(r) for r in records] if self.grammars else None
+        generation = self.generate_ids(prompts, on_batch, grammars)
         generation.truncated = truncated
         generation.seconds = time.perf_counter() - started
         return generation
 
-    def generate_ids(self, prompts: list[list[int]], on_batch: Callable[[int], None] | None = None) -> Generation:
-        """Answers for ready-made prompt token ids, longest prompts first, in batches of infer.batch_size."""
+    def generate_ids(
+        self,
+        prompts: list[list[int]],
+        on_batch: Callable[[int], None] | None = None,
+        grammars: list[CompiledGrammar | None] | None = None,
+    ) -> Generation:
+        """Answers for ready-made prompt token ids, longest prompts first, in batches of infer.batch_size.
+
+        `grammars[i]`, when given, constrains the answer to prompt i (see `constrain.Grammars`).
+        """
         started = time.perf_counter()
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         if on_batch:
@@ -120,7 +137,8 @@ class Engine:
         size = self.config.infer.batch_size
         for start in range(0, len(order), size):
             chunk = order[start : start + size]
-            answers, produced = self._generate_batch([prompts[i] for i in chunk])
+            chunk_grammars = [grammars[i] for i in chunk] if grammars and grammars[chunk[0]] is not None else None
+            answers, produced = self._generate_batch([prompts[i] for i in chunk], chunk_grammars)
             tokens += produced
             for i, answer in zip(chunk, answers):
                 texts[i] = answer

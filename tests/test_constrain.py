@@ -1,0 +1,91 @@
+"""Constrained decoding: even a random-weight model can only answer in the task's valid form."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import xgrammar as xgr
+from transformers import AutoModelForCausalLM
+
+from smalltune.config import TaskConfig
+from smalltune.constrain import extract_grammar, substring_automaton
+from smalltune.data import Record
+from smalltune.infer import Engine
+from smalltune.synth.complaints import FIELDS, generate_complaints
+from smalltune.tasks import build_task
+
+TEXT = '【署名：赵娜】所在地址 四川省婷市兴山李路Z座；电邮："yong\\kong"@yahoo.com\n电梯年检合格证已经过期了。'
+
+
+def _walk(automaton: list[dict[str, int]], text: str) -> bool:
+    state = 0
+    for char in text:
+        if char not in automaton[state]:
+            return False
+        state = automaton[state][char]
+    return True
+
+
+def test_substring_automaton_accepts_exactly_the_substrings():
+    automaton = substring_automaton(TEXT)
+    substrings = {TEXT[i:j] for i in range(len(TEXT)) for j in range(i, len(TEXT) + 1)}
+    assert all(_walk(automaton, s) for s in substrings)
+    assert not _walk(automaton, "四川省省婷市")  # a copy slip the unconstrained model made
+    assert not _walk(automaton, "赵娜娜")
+    assert len(automaton) <= 2 * len(TEXT)
+
+
+@pytest.fixture(scope="module")
+def compiler(qwen_tokenizer):
+    info = xgr.TokenizerInfo.from_huggingface(qwen_tokenizer, vocab_size=151936, stop_token_ids=[151645])
+    return xgr.GrammarCompiler(info)
+
+
+def _accepts(compiler, ebnf: str, tokenizer, answer: str) -> bool:
+    matcher = xgr.GrammarMatcher(compiler.compile_grammar(ebnf))
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [151645]
+    return all(matcher.accept_token(i) for i in ids) and matcher.is_terminated()
+
+
+def test_grounded_grammar_takes_the_canonical_answer_and_refuses_invented_text(compiler, qwen_tokenizer):
+    fields = dict.fromkeys(FIELDS, True)
+    good = {"name": "赵娜", "address": "四川省婷市兴山李路Z座", "email": '"yong\\kong"@yahoo.com', "question": "电梯年检合格证已经过期了"}
+    grammar = extract_grammar(fields, TEXT)
+    assert _accepts(compiler, grammar, qwen_tokenizer, json.dumps(good, ensure_ascii=False))
+    assert not _accepts(compiler, grammar, qwen_tokenizer, json.dumps({**good, "address": "四川省省婷市"}, ensure_ascii=False))
+    reordered = {k: good[k] for k in reversed(good)}
+    assert not _accepts(compiler, grammar, qwen_tokenizer, json.dumps(reordered, ensure_ascii=False))
+    free = extract_grammar({**fields, "question": False}, TEXT)  # a field that is not copied from the text
+    assert _accepts(compiler, free, qwen_tokenizer, json.dumps({**good, "question": "电梯证过期"}, ensure_ascii=False))
+
+
+def _config(tmp_path, model_dir, **settings) -> TaskConfig:
+    return TaskConfig(
+        name="c", fields=FIELDS, data={"train": tmp_path / "unused.jsonl"},
+        model={"name": str(model_dir), "dtype": "float32", "max_length": 256},
+        infer={"batch_size": 4, "max_new_tokens": 200}, **settings,
+    )
+
+
+def test_random_model_gives_valid_grounded_json_when_constrained(tmp_path, tiny_qwen3_dir, qwen3_tokenizer):
+    config = _config(tmp_path, tiny_qwen3_dir, kind="extract")
+    engine = Engine(AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir), qwen3_tokenizer, config)
+    _, test_rows = generate_complaints(n_train=1, n_test=6, seed=5)
+    records = [Record(r["id"], "t", r["input"], r["output"]) for r in test_rows]
+    texts = engine.generate(records).texts
+    for text, record in zip(texts, records):
+        parsed = engine.task.parse(text, record)
+        assert parsed.ok, text
+        assert list(parsed.value) == list(FIELDS)
+        assert all(value in record.input for value in parsed.value.values())
+
+
+def test_random_model_answers_one_of_the_candidates_when_constrained(tmp_path, tiny_qwen3_dir, qwen3_tokenizer):
+    config = _config(tmp_path, tiny_qwen3_dir, kind="classify", labels=["体育", "财经", "科技"])
+    engine = Engine(AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir), qwen3_tokenizer, config)
+    records = [Record("a", "t", "中超联赛第十轮战报", "体育"), Record("b", "t", "央行宣布降准", "财经", candidates=["财经", "娱乐"])]
+    texts = engine.generate(records).texts
+    assert texts[0] in {"体育", "财经", "科技"}
+    assert texts[1] in {"财经", "娱乐"}
+    assert all(build_task(config).parse(t, r).ok for t, r in zip(texts, records))
