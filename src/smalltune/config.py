@@ -79,9 +79,21 @@ class TrainSettings(_Strict):
     seed: int = 42
     gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
     group_by_length: bool = True
+    logits: Literal["labelled", "full"] = Field(
+        "labelled",
+        description="labelled: the LM head and the loss run only at answer positions (the 151,936-wide logits of "
+        "the prompt are never built); full: TRL's own loss over every position.",
+    )
+    liger_kernel: Literal["auto", "on", "off"] = Field(
+        "auto", description="Liger's fused Triton kernels (RMSNorm, SwiGLU, RoPE); auto: on with CUDA and liger-kernel installed."
+    )
     logging_steps: int = 5
-    save_steps: int = 25
-    report_to: Literal["none", "tensorboard"] = "none"
+    save_steps: int = Field(25, description="Checkpoint (and, with a validation split, evaluate) every N steps.")
+    report_to: Literal["swanlab", "swanlab-cloud", "tensorboard", "none"] = Field(
+        "swanlab",
+        description="Where loss, learning rate, grad norm and validation metrics go: swanlab (offline, in the run "
+        "directory), swanlab-cloud (after `swanlab login`), tensorboard (in the run directory) or none.",
+    )
 
 
 class InferSettings(_Strict):
@@ -89,6 +101,8 @@ class InferSettings(_Strict):
 
     batch_size: int = 16
     max_new_tokens: int = 256
+    constrained: bool = Field(True, description="decode only valid answers: the declared JSON fields, or one label")
+    grounded: bool = Field(True, description="with constrained: extractive field values can only be text from the input")
 
 
 class EvalSettings(_Strict):
@@ -96,6 +110,27 @@ class EvalSettings(_Strict):
 
     few_shot: int = Field(default=3, ge=0, description="k training examples in the untuned model's prompt; 0 = skip")
     baselines: list[str] = Field(default_factory=list, description="registered baselines (smalltune.baselines)")
+
+
+class TeacherConfig(_Strict):
+    """The model `smalltune label` asks for answers: any OpenAI-compatible chat-completions endpoint."""
+
+    base_url: str = Field("https://api.openai.com/v1", description="The endpoint, up to and including /v1.")
+    model: str | None = Field(None, description="The teacher's model name (required here or as --model).")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="Environment variable holding the key; null for none.")
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+    requests_per_minute: float | None = Field(None, gt=0, description="Start at most this many requests a minute.")
+    timeout: float = Field(60.0, gt=0, description="Seconds to wait for one answer before retrying.")
+    max_retries: int = Field(5, ge=0, description="Retries of one request after 429, 5xx, timeouts, lost connections.")
+    backoff: float = Field(1.0, ge=0, description="Seconds before the first retry; doubled for each next one.")
+    max_backoff: float = Field(60.0, ge=0, description="Longest wait between retries (a Retry-After header is honoured up to this).")
+    temperature: float = 0.0
+    max_tokens: int = Field(1024, ge=1, description="Longest answer, in tokens.")
+    response_format: Literal["json_schema", "json_object", "none"] = Field(
+        "json_schema", description="extract: the strictest JSON mode to ask for; weaker ones follow if the endpoint refuses it.")
+    price_input: float = Field(0.0, ge=0, description="Price per million input tokens (for the cost tally).")
+    price_output: float = Field(0.0, ge=0, description="Price per million output tokens.")
+    currency: str = "USD"
 
 
 class TaskConfig(_Strict):
@@ -113,6 +148,7 @@ class TaskConfig(_Strict):
     train: TrainSettings = Field(default_factory=TrainSettings)
     infer: InferSettings = Field(default_factory=InferSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+    teacher: TeacherConfig | None = Field(None, description="For `smalltune label`: the model that labels raw texts.")
     output_dir: Path = Path("runs")
 
     @field_validator("fields", mode="before")
@@ -127,7 +163,8 @@ class TaskConfig(_Strict):
     def _kind_needs(self) -> TaskConfig:
         if self.kind == "extract" and not self.fields:
             raise ValueError("kind 'extract' needs 'fields' (name: description)")
-        if self.kind == "classify" and not self.labels and "candidates" not in self.data.columns:
+        per_record = "candidates" in self.data.columns or self.data.format == "alpaca"  # alpaca rows may list them
+        if self.kind == "classify" and not self.labels and not per_record:
             raise ValueError("kind 'classify' needs 'labels' or a 'candidates' column in data.columns")
         return self
 
