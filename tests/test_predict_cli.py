@@ -49,6 +49,20 @@ def test_predict_resumes_after_a_kill_with_every_record_exactly_once(tmp_path, t
     assert predict_file(run_dir, inputs, out) == 0  # nothing left to do
 
 
+def test_predict_reports_a_bad_input_record_and_answers_the_rest(tmp_path, tiny_qwen3_dir):
+    run_dir, inputs = run_dir_with_adapter(tmp_path, tiny_qwen3_dir)
+    with inputs.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"id": "no-text"}) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert predict_file(run_dir, inputs, out) == 7
+    rows = {r["id"]: r for r in map(json.loads, out.read_text(encoding="utf-8").splitlines())}
+    bad = [r for r in rows.values() if r["answer"] is None]
+    assert len(rows) == 8 and len(bad) == 1
+    assert bad[0]["id"].endswith("in.jsonl:8") and "input" in bad[0]["error"]
+    assert predict_file(run_dir, inputs, out) == 0
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 8  # the error line is not repeated on resume
+
+
 def test_cli_error_is_one_clear_line_without_traceback(tmp_path):
     import subprocess
     import sys
