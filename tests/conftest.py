@@ -68,3 +68,61 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def make_run_dir(root: Path, model_dir: Path, kind: str = "extract", **settings) -> Path:
+    """A run directory as `train` leaves it (task.yaml, adapter, tokenizer), with random non-zero LoRA weights.
+
+    No training: the adapter is initialised at random so that it visibly changes the model's answers.
+    `settings` override TaskConfig fields (e.g. infer={...}).
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from smalltune.config import TaskConfig, save_config
+    from smalltune.synth.complaints import FIELDS, generate_complaints
+    from smalltune.train import ADAPTER_DIR
+
+    rows, _ = generate_complaints(n_train=12, n_test=1, seed=5)
+    by_kind = {"extract": {"fields": FIELDS}, "classify": {"labels": ["投诉", "咨询", "表扬"]}, "chat": {"system": "你是客服。"}}
+    config = TaskConfig(**{
+        "name": f"tiny-{kind}", "kind": kind, **by_kind[kind],
+        "data": {"train": write_jsonl(root / "train.jsonl", rows)},
+        "model": {"name": str(model_dir), "max_length": 256, "dtype": "float32"},
+        "infer": {"batch_size": 4, "max_new_tokens": 8}, "output_dir": root / "runs", **settings,
+    })
+    save_config(config, config.run_dir / "task.yaml")
+    torch.manual_seed(1)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    tuned = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), lora)
+    tuned.save_pretrained(config.run_dir / ADAPTER_DIR)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(config.run_dir / ADAPTER_DIR)
+    return config.run_dir
+
+
+@pytest.fixture(scope="session")
+def evaluated_tiny_run(tmp_path_factory, tiny_qwen3_dir):
+    """A complaints run on the tiny Qwen3, as `train` then `eval` leave it: (run_dir, results per system).
+
+    Trained 2 steps with 2 validation records (evaluated after each step, SwanLab offline, the default),
+    then evaluated on 3 test records: the rules baseline, the untuned model zero- and 2-shot, the fine-tuned one.
+    """
+    from smalltune.config import TaskConfig
+    from smalltune.evaluate import evaluate_run
+    from smalltune.synth.complaints import FIELDS, generate_complaints
+    from smalltune.train import train
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    rows, test_rows = generate_complaints(n_train=10, n_test=3, seed=2)
+    config = TaskConfig(
+        name="tiny-complaints", kind="extract", fields=FIELDS,
+        data={"train": write_jsonl(root / "train.jsonl", rows), "test": write_jsonl(root / "test.jsonl", test_rows),
+              "validation_share": 0.2},
+        model={"name": str(tiny_qwen3_dir), "max_length": 256, "dtype": "float32"},
+        train={"epochs": 1, "batch_size": 4, "learning_rate": 5e-3, "logging_steps": 1, "save_steps": 1},
+        infer={"batch_size": 4, "max_new_tokens": 24}, eval={"few_shot": 2, "baselines": ["complaint-rules"]},
+        output_dir=root / "runs",
+    )
+    run_dir = train(config)
+    return run_dir, evaluate_run(run_dir)

@@ -1,0 +1,76 @@
+"""`smalltune export`: the merged model answers exactly like base + adapter, from a plain HF directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from typer.testing import CliRunner
+
+from conftest import make_run_dir
+from smalltune.cli import app
+from smalltune.config import load_config
+from smalltune.data import Record
+from smalltune.formatting import prompt_ids
+from smalltune.infer import Engine
+from smalltune.tasks import build_task
+
+TEXTS = ["我叫王芳，住在北京市朝阳区建国路88号，邮箱wangfang@example.com。快递三天都没到。", "你好", "手机屏幕碎了。"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_qwen3_dir):
+    return make_run_dir(tmp_path_factory.mktemp("export"), tiny_qwen3_dir, infer={"max_new_tokens": 12})
+
+
+def test_merged_directory_loads_with_plain_transformers_and_answers_like_base_plus_adapter(run_dir, tmp_path):
+    out = tmp_path / "merged"
+    result = CliRunner().invoke(app, ["export", str(run_dir), "--merge", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "generation_config.json", "tokenizer.json", "task.yaml"} <= names
+    assert any(n.endswith(".safetensors") for n in names) and not any(n.endswith((".py", ".bin")) for n in names)
+    assert "auto_map" not in json.loads((out / "config.json").read_text())  # no custom code to trust
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert im_end in model.generation_config.eos_token_id and model.generation_config.do_sample is False
+
+    config = load_config(out / "task.yaml")
+    task = build_task(config)
+    records = [Record(id=str(i), where="test", input=t, output=None) for i, t in enumerate(TEXTS)]
+    prompts = [prompt_ids(tokenizer, task, r, config.model.max_length, config.model.enable_thinking)[0] for r in records]
+    engine = Engine.from_run(run_dir)
+    expected = engine.generate_ids(prompts).texts
+    with engine.untuned():
+        untuned = engine.generate_ids(prompts).texts
+    assert expected != untuned  # the adapter matters, so equal answers below prove it was merged
+
+    for ids, want in zip(prompts, expected):
+        output = model.generate(torch.tensor([ids]), max_new_tokens=config.infer.max_new_tokens)
+        assert tokenizer.decode(output[0, len(ids):], skip_special_tokens=True) == want
+
+
+def test_adapter_export_copies_the_adapter_with_serving_instructions(run_dir, tmp_path):
+    out = tmp_path / "adapter-out"
+    result = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "task.yaml"} <= {p.name for p in out.iterdir()}
+    readme = (out / "README.md").read_text(encoding="utf-8")
+    assert "vllm serve" in readme and "--lora-modules tiny-extract=" in readme and "sglang" in readme
+
+
+def test_export_refuses_a_non_empty_target_and_a_run_without_adapter(run_dir, tmp_path):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(taken)])
+    assert result.exit_code != 0 and "not empty" in str(result.exception)
+    assert (taken / "keep.txt").read_text() == "mine"
+
+    result = CliRunner().invoke(app, ["export", str(tmp_path), "--merge", "--out", str(tmp_path / "x")])
+    assert "no trained adapter" in str(result.exception) and not (tmp_path / "x").exists()

@@ -1,0 +1,220 @@
+"""`smalltune serve`: a real uvicorn server on loopback, answering from a tiny Qwen3 engine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+import uvicorn
+
+from conftest import make_run_dir
+from smalltune.formatting import render_prompt
+from smalltune.infer import Engine
+from smalltune.serve import ServeSettings, create_app
+
+KEY_ENV, KEY = "SMALLTUNE_TEST_KEY", "secret-key-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+COMPLAINT = "我叫王芳，住在北京市朝阳区建国路88号，邮箱wangfang@example.com。快递三天都没到。"
+
+
+@contextmanager
+def running(app) -> Iterator[str]:
+    """The app on a free loopback port in a background thread; yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive(), "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+def with_infer(engine: Engine, **infer) -> Engine:
+    """The same model and tokenizer under other infer settings (batch size, answer length)."""
+    config = engine.config.model_copy(update={"infer": engine.config.infer.model_copy(update=infer)})
+    return Engine(engine.model, engine.tokenizer, config)
+
+
+def post_together(url: str, bodies: list[dict], headers: dict | None = None) -> list[httpx2.Response]:
+    """POST all bodies at the same moment, one connection each."""
+    start = threading.Barrier(len(bodies))
+
+    def post(body: dict) -> httpx2.Response:
+        start.wait()
+        return httpx2.post(url, json=body, headers=headers, timeout=120)
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(post, bodies))
+
+
+def chat(text: str) -> dict:
+    return {"messages": [{"role": "user", "content": text}]}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_qwen3_dir) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serve")
+    return {kind: make_run_dir(root / kind, tiny_qwen3_dir, kind) for kind in ("extract", "classify", "chat")}
+
+
+@pytest.fixture(scope="module")
+def chat_engine(runs) -> Engine:
+    return Engine.from_run(runs["chat"])
+
+
+def test_health_models_auth_body_limit_and_per_request_extract_errors(runs, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    engine = Engine.from_run(runs["extract"])
+    app = create_app(engine, ServeSettings(api_key_env=KEY_ENV, max_body_bytes=4096))
+    with running(app) as url:
+        health = httpx2.get(f"{url}/health").json()
+        assert health["status"] == "ok" and health["kind"] == "extract"
+
+        assert httpx2.get(f"{url}/v1/models").status_code == 401
+        wrong = httpx2.get(f"{url}/v1/models", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "Authorization: Bearer" in wrong.json()["error"]["message"]
+        models = httpx2.get(f"{url}/v1/models", headers=AUTH).json()
+        assert [m["id"] for m in models["data"]] == ["tiny-extract"]
+
+        assert httpx2.post(f"{url}/v1/extract", json={"text": "长" * 5000}, headers=AUTH).status_code == 413
+        invalid = httpx2.post(f"{url}/v1/extract", json={"txt": COMPLAINT}, headers=AUTH)
+        assert invalid.status_code == 400 and "text" in invalid.json()["error"]["message"]
+        wrong_kind = httpx2.post(f"{url}/v1/classify", json={"text": COMPLAINT}, headers=AUTH)
+        assert wrong_kind.status_code == 404 and "/v1/extract" in wrong_kind.json()["error"]["message"]
+
+        # the random model's answer, cut at 8 tokens, is no JSON object: each request says so, nothing crashes
+        answers = post_together(f"{url}/v1/extract", [{"text": COMPLAINT, "id": f"r{i}"} for i in range(3)], AUTH)
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        for i, answer in enumerate(a.json() for a in answers):
+            assert answer["id"] == f"r{i}" and answer["result"] is None and answer["error"]
+        assert httpx2.get(f"{url}/health").json()["requests_batched"] == 3
+
+
+def test_classify_answers_one_of_the_candidates_or_says_why_not(runs):
+    with running(create_app(Engine.from_run(runs["classify"]))) as url:
+        question = {"text": "快递三天没到", "candidates": ["物流", "售后"]}
+        reply = httpx2.post(f"{url}/v1/classify", json=question, timeout=60)
+        assert reply.status_code == 200
+        answer = reply.json()
+        assert answer["label"] in ("物流", "售后") or (answer["label"] is None and answer["error"])
+        assert httpx2.post(f"{url}/v1/extract", json={"text": "x"}).status_code == 404
+
+
+def test_openai_client_gets_the_engines_answer_with_token_usage(chat_engine, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    messages = [{"role": "user", "content": "你好，我的快递丢了。"}]
+    with_system = [{"role": "system", "content": "你是客服。"}, *messages]  # the task's system prompt is added
+    tokenizer = chat_engine.tokenizer
+    prompt = tokenizer(render_prompt(tokenizer, with_system, False), add_special_tokens=False)["input_ids"]
+    expected = chat_engine.generate_ids([prompt]).texts[0]
+
+    with running(create_app(chat_engine, ServeSettings(api_key_env=KEY_ENV))) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+        completion = client.chat.completions.create(model="tiny-chat", messages=messages)
+        assert completion.choices[0].message.content == expected
+        assert completion.choices[0].finish_reason in ("stop", "length")
+        usage = completion.usage
+        assert usage.prompt_tokens == len(prompt) and usage.completion_tokens > 0
+        assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+        with pytest.raises(openai.BadRequestError, match="streaming"):
+            client.chat.completions.create(model="tiny-chat", messages=messages, stream=True)
+        with pytest.raises(openai.NotFoundError, match="tiny-chat"):
+            client.chat.completions.create(model="gpt-4o", messages=messages)
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_concurrent_requests_are_answered_in_shared_engine_calls(chat_engine):
+    engine = with_infer(chat_engine, batch_size=8, max_new_tokens=8)
+    with running(create_app(engine)) as url:
+        replies = post_together(f"{url}/v1/chat/completions", [chat(f"第{i}个问题") for i in range(8)])
+        assert all(r.status_code == 200 and r.json()["choices"][0]["message"]["content"] for r in replies)
+        health = httpx2.get(f"{url}/health").json()
+    assert health["requests_batched"] == 8
+    assert health["largest_batch"] >= 2 and health["engine_calls"] < 8
+
+
+def test_a_full_queue_answers_429_at_once_and_the_server_keeps_serving(chat_engine):
+    engine = with_infer(chat_engine, batch_size=1, max_new_tokens=48)  # each engine call takes a while
+    with running(create_app(engine, ServeSettings(max_queue=1))) as url:
+        replies = post_together(f"{url}/v1/chat/completions", [chat(f"问题{i}") for i in range(6)])
+        statuses = sorted(r.status_code for r in replies)
+        assert set(statuses) == {200, 429} and statuses.count(200) <= 3, statuses
+        busy = next(r for r in replies if r.status_code == 429)
+        assert "busy" in busy.json()["error"]["message"] and busy.headers["Retry-After"] == "1"
+        assert busy.elapsed < max(r.elapsed for r in replies if r.status_code == 200)  # refused, not made to wait
+        assert httpx2.post(f"{url}/v1/chat/completions", json=chat("再来"), timeout=60).status_code == 200
+
+
+def test_a_request_whose_client_left_is_skipped_not_computed(chat_engine):
+    engine = with_infer(chat_engine, batch_size=1, max_new_tokens=128)  # each engine call takes a while
+    with running(create_app(engine)) as url:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(httpx2.post, f"{url}/v1/chat/completions", json=chat("第一"), timeout=120)
+            while httpx2.get(f"{url}/health").json()["requests_batched"] < 1:
+                time.sleep(0.02)
+            with pytest.raises(httpx2.ReadTimeout):  # this client gives up while its request waits
+                httpx2.post(f"{url}/v1/chat/completions", json=chat("第二"), timeout=0.3)
+            assert first.result().status_code == 200
+        deadline = time.time() + 30
+        while (health := httpx2.get(f"{url}/health").json())["abandoned"] < 1 and time.time() < deadline:
+            time.sleep(0.05)
+    assert health["abandoned"] == 1 and health["engine_calls"] == 1
+
+
+def test_sigterm_lets_accepted_requests_finish_before_the_process_exits(tmp_path, tiny_qwen3_dir):
+    run_dir = make_run_dir(tmp_path, tiny_qwen3_dir, "chat", infer={"batch_size": 1, "max_new_tokens": 48})
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "smalltune.cli", "serve", str(run_dir), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    try:
+        deadline = time.time() + 120
+        while True:
+            if server.poll() is not None or time.time() > deadline:
+                pytest.fail(f"the server did not start:\n{server.stdout.read() if server.poll() is not None else ''}")
+            try:
+                httpx2.get(f"{url}/health")
+                break
+            except httpx2.TransportError:
+                time.sleep(0.3)
+        with ThreadPoolExecutor(2) as pool:
+            pending = [pool.submit(httpx2.post, f"{url}/v1/chat/completions", json=chat(f"问题{i}"), timeout=120)
+                       for i in range(2)]
+            while True:  # wait until both are accepted: one in the engine, one queued
+                health = httpx2.get(f"{url}/health").json()
+                if health["requests_batched"] + health["queued"] == 2:
+                    break
+                time.sleep(0.05)
+            server.send_signal(signal.SIGTERM)
+            replies = [p.result() for p in pending]
+        assert [r.status_code for r in replies] == [200, 200]
+        assert all(r.json()["choices"][0]["message"]["content"] for r in replies)
+        assert server.wait(60) in (0, -signal.SIGTERM)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
