@@ -8,7 +8,7 @@ import json
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ class Record:
     system: str | None = None
     history: tuple[dict, ...] = ()
     candidates: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)  # the row's columns no role reads (e.g. a page's html)
 
 
 @dataclass
@@ -248,8 +249,11 @@ def _alpaca(row: dict, columns: dict[str, str], require_output: bool) -> dict:
         raise _Bad("'input' is empty and so is 'instruction' (give the text in 'input')")
     if text is None:
         text, instruction = instruction, None
-    return {"input": text, "instruction": instruction, "system": _optional_text(row, "system"),
-            "output": _output(row, "output", require_output), "history": _history_pairs(row.get("history"))}
+    fields = {"input": text, "instruction": instruction, "system": _optional_text(row, "system"),
+              "output": _output(row, "output", require_output), "history": _history_pairs(row.get("history"))}
+    if "candidates" in columns:
+        fields["candidates"] = _candidates(row, columns["candidates"])
+    return fields
 
 
 def _check_message(i: int, message: Any) -> None:
@@ -305,6 +309,16 @@ def _columns(row: dict, columns: dict[str, str], require_output: bool) -> dict:
     return fields
 
 
+def _read_keys(data: DataConfig) -> set[str]:
+    """The row keys the format's reader consumes; the others become Record.extra."""
+    if data.format == "alpaca":
+        mapped = {data.columns["candidates"]} if "candidates" in data.columns else set()
+        return {"id", "instruction", "input", "output", "system", "history", *mapped}
+    if data.format == "messages":
+        return {"id", "messages"}
+    return set({"input": "input", "output": "output", "id": "id", **data.columns}.values())
+
+
 _FORMATS: dict[str, Callable[[dict, dict[str, str], bool], dict]] = {
     "alpaca": _alpaca, "messages": _messages, "columns": _columns}
 
@@ -315,6 +329,7 @@ def load_records(path: Path, data: DataConfig, *, require_output: bool = True,
     path = Path(path)
     parse = _FORMATS[data.format]
     id_key = data.columns.get("id", "id") if data.format == "columns" else "id"
+    read_keys = _read_keys(data)
     loaded = Loaded(records=[], problems=[])
     first_at: dict[str, str] = {}
     for line, row in read_rows(path):
@@ -323,7 +338,8 @@ def load_records(path: Path, data: DataConfig, *, require_output: bool = True,
             record_id = _record_id(row, id_key, f"{path.stem}-{line}")
             if record_id in first_at:
                 raise _Bad(f"duplicate id '{record_id}' (first at {first_at[record_id]}); give each record its own id")
-            record = Record(id=record_id, where=where, **parse(row, data.columns, require_output))
+            extra = {key: value for key, value in row.items() if key not in read_keys}
+            record = Record(id=record_id, where=where, extra=extra, **parse(row, data.columns, require_output))
             message = check(record) if check else None
             if message:
                 raise _Bad(message)
