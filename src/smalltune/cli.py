@@ -146,13 +146,14 @@ def eval_(
     run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>)."),
     limit: int = typer.Option(None, help="Score only the first N test records."),
 ) -> None:
-    """Score the untuned and the fine-tuned model on the held-out records, side by side."""
+    """Score the baselines, the untuned model (zero- and few-shot) and the fine-tuned one on the held-out records,
+    side by side; writes metrics.json, predictions.jsonl, report.md and report.html into the run directory."""
     from smalltune.evaluate import evaluate_run
 
     with _RecordBar("eval") as bar:
         results = evaluate_run(run_dir, limit=limit, on_batch=bar.advance)
     print_results(results, f"eval: {run_dir}")
-    console.print(f"wrote {run_dir / 'metrics.json'} and {run_dir / 'predictions.jsonl'}")
+    console.print(f"wrote {run_dir / 'metrics.json'}, {run_dir / 'predictions.jsonl'} and the report {run_dir / 'report.html'}")
 
 
 @app.command()
@@ -160,29 +161,190 @@ def predict(
     run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>)."),
     input_file: Path = typer.Argument(..., help="Records to answer (JSON, JSONL or CSV in the task's format)."),
     out: Path = typer.Option(..., "-o", "--out", help="JSONL output: id, answer, parsed value, error."),
+    engine: str = typer.Option("transformers", help="transformers | vllm (vLLM's own environment: `make setup-vllm`)."),
 ) -> None:
     """Answer every record of a file with the fine-tuned model."""
     from smalltune.predict import predict_file
 
+    if engine not in ("transformers", "vllm"):
+        raise SmalltuneError(f"--engine {engine!r}: use transformers or vllm")
+    answering = None
+    if engine == "vllm":
+        from smalltune.vllm_engine import VllmEngine
+
+        answering = VllmEngine.from_run(run_dir)
     with _RecordBar("predict") as bar:
-        count = predict_file(run_dir, input_file, out, on_start=bar.start, on_batch=bar.advance)
+        count = predict_file(run_dir, input_file, out, on_start=bar.start, on_batch=bar.advance, engine=answering)
     console.print(f"wrote {count} answers to {out}")
 
 
 @app.command()
 def demo(
-    work_dir: Path = typer.Option(Path("runs/demo"), help="Where the data, the run and the results go."),
-    train_records: int = typer.Option(320, help="Synthetic training records."),
-    test_records: int = typer.Option(100, help="Held-out records (unseen templates, topics and noise)."),
+    recipe: str = typer.Argument("complaints", help="The recipe: complaints, policy-pages, news-classify, role-play."),
+    list_recipes: bool = typer.Option(False, "--list", help="List the recipes with their expected time, and exit."),
+    work_dir: Path = typer.Option(None, help="Where the data, the run and the results go (default: runs/demo, or runs/demo-RECIPE)."),
+    train_records: int = typer.Option(None, help="Training records (default: the recipe's)."),
+    test_records: int = typer.Option(None, help="Held-out records, unseen in training (default: the recipe's)."),
+    data_dir: Path = typer.Option(None, envvar="SMALLTUNE_DATA_DIR", help="Folder holding tnews/ and huanhuan/ (default: shared/data beside the repository)."),
+    model: str = typer.Option(None, help="Fine-tune this model instead of the recipe's (a local dir, .gguf or hub id)."),
+    prepare_only: bool = typer.Option(False, "--prepare-only", help="Write the data and task.yaml, then stop."),
 ) -> None:
-    """The whole job on the default model: make complaint data, measure, fine-tune, measure again."""
-    from smalltune.demo import run_demo
+    """A whole recipe on the default model: write its data, measure, fine-tune, measure again."""
+    from smalltune.demo import RECIPES, get_recipe, prepare_recipe, run_demo
 
+    if list_recipes:
+        table = Table(title="recipes (time: `smalltune demo RECIPE` on a 2-core CPU, no GPU)")
+        for column in ("recipe", "task", "train / test", "time"):
+            table.add_column(column)
+        for r in RECIPES.values():
+            table.add_row(r.name, r.summary, f"{r.n_train} / {r.n_test}", r.expected_time)
+        console.print(table)
+        return
+    chosen = get_recipe(recipe)
+    work_dir = work_dir or chosen.default_work_dir()
+    if prepare_only:
+        task_file = prepare_recipe(recipe, work_dir, train_records, test_records, data_dir, log=console.print)
+        console.print(f"wrote {task_file}: `smalltune train {task_file}`, then `smalltune eval`")
+        return
+    n_test = test_records if test_records is not None else chosen.n_test
+    model_passes = 3 if chosen.config().eval.few_shot else 2  # untuned, untuned few-shot, fine-tuned
     started = time.perf_counter()
-    with _RecordBar("eval: untuned, then fine-tuned", total=2 * test_records) as bar:
-        results = run_demo(work_dir, train_records, test_records, log=console.print, on_batch=bar.advance)
-    print_results(results, f"held-out complaints ({test_records} records)")
+    with _RecordBar("eval: untuned, then fine-tuned", total=model_passes * n_test) as bar:
+        results = run_demo(work_dir, train_records, n_test, log=console.print, on_batch=bar.advance,
+                           recipe=recipe, data_dir=data_dir, model=model)
+    print_results(results, f"held-out {recipe} ({n_test} records)")
     console.print(f"total time: {(time.perf_counter() - started) / 60:.1f} min; results in {work_dir}")
+
+
+@app.command()
+def serve(
+    run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 exposes the server to the network."),
+    port: int = typer.Option(8000, help="TCP port."),
+    max_queue: int = typer.Option(256, min=1, help="Requests that may wait for the model; more are answered 429."),
+    max_body_bytes: int = typer.Option(1 << 20, min=1, help="Largest request body; larger ones are answered 413."),
+    api_key_env: str = typer.Option(None, help="Environment variable holding the API key clients must send as Bearer."),
+) -> None:
+    """Serve the fine-tuned model over HTTP (OpenAI-compatible, plus /v1/extract or /v1/classify)."""
+    from smalltune.serve import ServeSettings
+    from smalltune.serve import serve as run_server
+
+    settings = ServeSettings(max_queue=max_queue, max_body_bytes=max_body_bytes, api_key_env=api_key_env)
+    run_server(run_dir, host=host, port=port, settings=settings)
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>)."),
+    out: Path = typer.Option(..., "--out", help="The folder to write (must not exist or be empty)."),
+    merge: bool = typer.Option(False, "--merge", help="Fold the adapter into the base model: one standalone model."),
+) -> None:
+    """Write the model for other servers: the adapter alone, or with --merge a standalone HF model (vLLM, SGLang)."""
+    from smalltune.export import export_adapter, export_merged
+
+    written = export_merged(run_dir, out) if merge else export_adapter(run_dir, out)
+    console.print(f"wrote {'merged model' if merge else 'adapter'} to {written}")
+
+
+@data_app.command("convert")
+def data_convert(
+    input_file: Path = typer.Argument(..., help="Records in the source format (JSON, JSONL, CSV or Parquet)."),
+    out: Path = typer.Argument(..., help="The JSONL file to write."),
+    source_format: str = typer.Option(..., "--from", help="alpaca | fudan-news | messages"),
+) -> None:
+    """Convert alpaca, fudan-news or messages records to the JSONL a task file reads with `format: alpaca`."""
+    import yaml
+
+    from smalltune.convert import convert_file
+
+    converted = convert_file(input_file, out, source_format)
+    settings = yaml.safe_dump({"data": converted.data}, allow_unicode=True, default_flow_style=None, sort_keys=False)
+    console.print(f"wrote {converted.count} records to {out}; read them with, in the task file:\n{settings}", soft_wrap=True)
+
+
+@app.command()
+def label(
+    task_file: Path = TaskFile,
+    input_file: Path = typer.Option(..., "--input", help="Raw records (JSON, JSONL, CSV or Parquet in the task's format)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Labelled JSONL; rejects, cache and summary go next to it."),
+    limit: int = typer.Option(None, min=1, help="Label N representative records (diverse, seeded) instead of all."),
+    holdout: int = typer.Option(0, min=0, help="Also label M other representative records into OUT's .holdout.jsonl."),
+    redact: bool = typer.Option(False, help="Mask phones, ID-card numbers and emails before sending; restore them after."),
+    seed: int = typer.Option(None, help="Seed of the selection (default: the task's data.split_seed)."),
+    base_url: str = typer.Option(None, help="Teacher endpoint up to /v1 (default: teacher.base_url)."),
+    model: str = typer.Option(None, help="Teacher model name (default: teacher.model)."),
+    api_key_env: str = typer.Option(None, help="Environment variable holding the teacher's key (default: teacher.api_key_env)."),
+    concurrency: int = typer.Option(None, min=1, help="Requests in flight at once (default: teacher.concurrency)."),
+    rpm: float = typer.Option(None, help="At most this many requests a minute (default: teacher.requests_per_minute)."),
+) -> None:
+    """Label raw texts with a teacher model (any OpenAI-compatible API); each answer is checked, bad ones rejected."""
+    from smalltune.label import label_file, with_teacher
+
+    config = with_teacher(load_config(task_file), base_url=base_url, model=model, api_key_env=api_key_env,
+                          concurrency=concurrency, requests_per_minute=rpm)
+    for client_log in ("httpx", "httpx2"):  # the openai client's HTTP library logs every request at INFO
+        logging.getLogger(client_log).setLevel(logging.WARNING)
+    progress = _progress()
+    bars: list = []
+
+    def start(tally) -> None:
+        name = "label" if not bars else "holdout"
+        bars.append(progress.add_task(name, total=tally.records, completed=tally.done_before, rate=""))
+
+    def advance(tally) -> None:
+        tokens = tally.input_tokens + tally.output_tokens
+        rate = (f"ok {tally.accepted} fixed {tally.repaired} rejected {tally.rejected} | "
+                f"{tokens / 1000:.1f}k tok {tally.cost:.2f} {config.teacher.currency}")
+        progress.update(bars[-1], completed=tally.decided, rate=rate)
+
+    with progress:
+        summaries = label_file(config, input_file, out, limit=limit, holdout=holdout, redact=redact, seed=seed,
+                               on_start=start, on_record=advance)
+    for summary in summaries:
+        run = summary["this_run"]
+        console.print(f"{summary['output']}: accepted {summary['accepted']} · repaired {summary['repaired']} · "
+                      f"rejected {summary['rejected']} · unlabelled {summary['unlabelled']} of {summary['records']}")
+        console.print(f"  this run: {run['requests']} requests ({run['from_cache']} answers from the cache), "
+                      f"retries {run['retries'] or 0}, tokens {run['input_tokens']:,} in / {run['output_tokens']:,} out, "
+                      f"cost {run['cost']:.4f} {run['currency']}")
+        if summary["rejected"]:
+            console.print(f"  rejected records and why: {summary['rejects']}")
+    if any(summary["unlabelled"] for summary in summaries):
+        console.print("[yellow]some records got no answer after all retries: run the same command again to label them")
+        raise typer.Exit(1)
+
+
+@app.command()
+def plan(
+    task_file: Path = TaskFile,
+    gpu_gib: float = typer.Option(24.0, help="GPU memory to check the estimates against, in GiB."),
+) -> None:
+    """Estimate the GPU memory of LoRA training at the task's settings, for its model and Qwen3 0.6B/1.7B/4B."""
+    from smalltune.plan import GIB, Settings, plain_trainer_logits
+    from smalltune.plan import plan as estimate_memory
+
+    config = load_config(task_file)
+    settings = Settings.of(config)
+    estimates = estimate_memory(config)
+    table = Table(title=f"GPU memory for LoRA training, GiB: batch {settings.batch_size} x {settings.max_length} tokens, "
+                        f"{'32' if settings.weight_bytes == 4 else '16'}-bit weights, LoRA r={config.lora.r}")
+    for column in ("model", "params", "LoRA params", "weights", "LoRA + AdamW", "activations*", "logits", "total*",
+                   f"fits {gpu_gib:g} GiB"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for e in estimates:
+        off, on = e.total(checkpointing=False) / GIB, e.total(checkpointing=True) / GIB
+        fits = "yes" if off <= gpu_gib else "with checkpointing" if on <= gpu_gib else "no"
+        table.add_row(
+            e.arch.name, f"{e.arch.params / 1e9:.2f}B", f"{e.arch.lora_params / 1e6:.1f}M", f"{e.weights / GIB:.2f}",
+            f"{e.lora / GIB:.2f}", f"{e.activations / GIB:.2f} / {e.activations_checkpointed / GIB:.2f}",
+            f"{e.logits / GIB:.2f}", f"{off:.1f} / {on:.1f}", fits,
+        )
+    console.print(table)
+    console.print(f"* gradient checkpointing off / on (train.gradient_checkpointing={config.train.gradient_checkpointing}; "
+                  "auto turns it on when the total without it passes 90% of the GPU). Totals include ~0.5 GiB of CUDA context; "
+                  "estimates, ±20%.")
+    console.print(f"Logits: answer positions only, in vocabulary tiles. A plain transformers Trainer would hold "
+                  f"{plain_trainer_logits(estimates[0].arch, settings) / GIB:.1f} GiB more for full-vocabulary logits.")
 
 
 def main() -> None:

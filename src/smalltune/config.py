@@ -32,7 +32,8 @@ class DataConfig(_Strict):
     format: Literal["alpaca", "messages", "columns"] = "alpaca"
     columns: dict[str, str] = Field(
         default_factory=dict,
-        description="For format=columns: our name (input, output, instruction, system, candidates, id) -> column name.",
+        description="For format=columns: our name (input, output, instruction, system, candidates, id) -> column name; "
+        "format=alpaca reads per-record label choices from the column mapped as candidates.",
     )
     validation_share: float = Field(0.1, ge=0, lt=0.5, description="Split off train when no validation file.")
     test_share: float = Field(0.1, ge=0, lt=0.5, description="Split off train when no test file.")
@@ -79,10 +80,11 @@ class TrainSettings(_Strict):
     seed: int = 42
     gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
     group_by_length: bool = True
-    logits: Literal["labelled", "full"] = Field(
+    logits: Literal["labelled", "trl"] = Field(
         "labelled",
-        description="labelled: the LM head and the loss run only at answer positions (the 151,936-wide logits of "
-        "the prompt are never built); full: TRL's own loss over every position.",
+        description="labelled: the LM head and the loss run only at answer positions, never building the "
+        "151,936-wide logits of the prompt (on CUDA with Triton this is TRL's fused head, in vocabulary tiles); "
+        "trl: TRL's own loss everywhere (on CPU it scores every position).",
     )
     liger_kernel: Literal["auto", "on", "off"] = Field(
         "auto", description="Liger's fused Triton kernels (RMSNorm, SwiGLU, RoPE); auto: on with CUDA and liger-kernel installed."
@@ -163,8 +165,7 @@ class TaskConfig(_Strict):
     def _kind_needs(self) -> TaskConfig:
         if self.kind == "extract" and not self.fields:
             raise ValueError("kind 'extract' needs 'fields' (name: description)")
-        per_record = "candidates" in self.data.columns or self.data.format == "alpaca"  # alpaca rows may list them
-        if self.kind == "classify" and not self.labels and not per_record:
+        if self.kind == "classify" and not self.labels and "candidates" not in self.data.columns:
             raise ValueError("kind 'classify' needs 'labels' or a 'candidates' column in data.columns")
         return self
 

@@ -1,22 +1,34 @@
-"""Evaluation: the untuned and the fine-tuned model on the same held-out records, side by side."""
+"""Evaluation: every system on the same held-out records, side by side.
+
+The systems: each baseline in `eval.baselines`, the untuned model zero-shot, the untuned model with
+`eval.few_shot` solved training examples in its prompt, and the fine-tuned model. Each answers in text;
+the task's own `parse` and `score` judge all of them, and every score carries a 95% bootstrap interval.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from smalltune.config import load_config
+from smalltune.baselines import build_baseline
+from smalltune.config import TaskConfig, load_config
 from smalltune.data import Record, load_splits
 from smalltune.infer import Engine
 from smalltune.io import atomic_write_json, atomic_write_text
-from smalltune.tasks import Parsed, TaskKind
+from smalltune.report import TUNED, UNTUNED, write_report
+from smalltune.tasks import Parsed, TaskKind, build_task
 from smalltune.train import ADAPTER_DIR
 
-UNTUNED, TUNED = "untuned", "fine-tuned"
+
+def few_shot_name(k: int) -> str:
+    """The name of the untuned model prompted with k solved examples."""
+    return f"untuned {k}-shot"
 
 
 @dataclass
@@ -29,19 +41,55 @@ class SystemResult:
     answers: list[str]
     seconds: float
     new_tokens: int
+    details: dict[str, Any] = field(default_factory=dict)
+    record_scores: list[float] = field(default_factory=list)
 
     @property
     def records_per_second(self) -> float:
         return len(self.answers) / self.seconds if self.seconds else 0.0
 
+    @property
+    def hours_per_million(self) -> float:
+        """Hours to answer a million records at the measured speed, one process on this machine."""
+        return 1e6 / self.records_per_second / 3600 if self.records_per_second else 0.0
 
-def run_system(engine: Engine, name: str, records: list[Record], on_batch: Callable[[int], None] | None = None) -> SystemResult:
-    """Answer and score the records with the engine as it stands (adapter on or off)."""
-    generation = engine.generate(records, on_batch)
-    parsed = [engine.task.parse(text, r) for text, r in zip(generation.texts, records)]
-    metrics = engine.task.score(parsed, records)
-    intervals = bootstrap_intervals(engine.task, parsed, records)
-    return SystemResult(name, metrics, intervals, generation.texts, generation.seconds, generation.new_tokens)
+
+def score_answers(
+    task: TaskKind, name: str, records: list[Record], answers: list[str], seconds: float, new_tokens: int = 0
+) -> SystemResult:
+    """Parse and score one system's answers: headline metrics with intervals, extras, a score per record."""
+    parsed = [task.parse(text, record) for text, record in zip(answers, records, strict=True)]
+    return SystemResult(
+        name=name,
+        metrics=task.score(parsed, records),
+        intervals=bootstrap_intervals(task, parsed, records),
+        answers=answers,
+        seconds=seconds,
+        new_tokens=new_tokens,
+        details=task.details(parsed, records),
+        record_scores=[task.record_score(p, r) for p, r in zip(parsed, records)],
+    )
+
+
+def run_system(
+    engine: Engine,
+    name: str,
+    records: list[Record],
+    on_batch: Callable[[int], None] | None = None,
+    shots: Sequence[Record] = (),
+) -> SystemResult:
+    """Answer and score the records with the engine as it stands (adapter on or off), after `shots` if given."""
+    generation = engine.generate(records, on_batch, shots=shots)
+    return score_answers(engine.task, name, records, generation.texts, generation.seconds, generation.new_tokens)
+
+
+def run_baseline(name: str, config: TaskConfig, train: list[Record], records: list[Record]) -> SystemResult:
+    """Fit the registered baseline on the training records, then answer and score the test records."""
+    baseline = build_baseline(name, config)
+    baseline.fit(train)
+    started = time.perf_counter()
+    answers = baseline.answer(records)
+    return score_answers(build_task(config), name, records, answers, time.perf_counter() - started)
 
 
 def bootstrap_intervals(
@@ -59,35 +107,74 @@ def bootstrap_intervals(
     return {metric: (v[lo], v[hi]) for metric, v in ordered.items()}
 
 
+@contextlib.contextmanager
+def prompt_budget(engine: Engine, tokens: int) -> Iterator[None]:
+    """Within this block the engine's prompts may be `tokens` long (room for few-shot examples)."""
+    original = engine.config
+    engine.config = original.model_copy(update={"model": original.model.model_copy(update={"max_length": tokens})})
+    try:
+        yield
+    finally:
+        engine.config = original
+
+
 def evaluate_run(
     run_dir: Path, limit: int | None = None, on_batch: Callable[[int], None] | None = None
 ) -> dict[str, SystemResult]:
-    """Score the untuned base model and the fine-tuned one on the run's test records; write metrics.json."""
+    """Score the baselines, the untuned model (zero- and few-shot) and the fine-tuned one on the run's test
+    records; write metrics.json, predictions.jsonl, report.md and report.html into the run directory.
+
+    The few-shot examples are the first `eval.few_shot` training records; their prompt may grow by one
+    training example's length (model.max_length) per shot, so the test record is not cut to make room.
+    """
     run_dir = Path(run_dir)
     config = load_config(run_dir / "task.yaml")
+    task = build_task(config)
+    splits = load_splits(config.data, check=task.check)
+    records = splits.test[:limit]
+    results = {name: run_baseline(name, config, splits.train, records) for name in config.eval.baselines}
     engine = Engine.from_config(config, run_dir / ADAPTER_DIR)
-    records = load_splits(config.data, check=engine.task.check).test[:limit]
-    results = {}
-    for name in (UNTUNED, TUNED):
-        scope = engine.untuned() if name == UNTUNED else contextlib.nullcontext()
-        with scope:
-            results[name] = run_system(engine, name, records, on_batch)
-    save_results(run_dir, records, results)
+    shots = splits.train[: config.eval.few_shot]
+    with engine.untuned():
+        results[UNTUNED] = run_system(engine, UNTUNED, records, on_batch)
+        if shots:
+            name = few_shot_name(len(shots))
+            with prompt_budget(engine, config.model.max_length * (len(shots) + 1)):
+                results[name] = run_system(engine, name, records, on_batch, shots)
+    results[TUNED] = run_system(engine, TUNED, records, on_batch)
+    save_results(run_dir, config, task, records, results, shots)
+    write_report(run_dir)
     return results
 
 
-def save_results(run_dir: Path, records: list[Record], results: dict[str, SystemResult]) -> None:
-    """metrics.json (scores and speed per system) and predictions.jsonl (every answer, per record)."""
+def save_results(
+    run_dir: Path,
+    config: TaskConfig,
+    task: TaskKind,
+    records: list[Record],
+    results: dict[str, SystemResult],
+    shots: Sequence[Record] = (),
+) -> None:
+    """metrics.json (scores, intervals, extras and speed per system) and predictions.jsonl (every answer and
+    its per-record score, per record), the inputs of the report."""
     atomic_write_json(
         run_dir / "metrics.json",
         {
+            "task": config.name,
+            "kind": config.kind,
+            "headline": task.headline,
+            "fields": list(config.fields),
             "test_records": len(records),
+            "few_shot_ids": [shot.id for shot in shots],
+            "infer": config.infer.model_dump(mode="json"),
             "systems": {
                 name: {
                     "metrics": r.metrics,
                     "ci95": {k: [round(lo, 4), round(hi, 4)] for k, (lo, hi) in r.intervals.items()},
+                    "details": r.details,
                     "seconds": round(r.seconds, 2),
                     "records_per_second": round(r.records_per_second, 3),
+                    "hours_per_million_records": round(r.hours_per_million, 4),
                     "new_tokens": r.new_tokens,
                 }
                 for name, r in results.items()
@@ -95,8 +182,17 @@ def save_results(run_dir: Path, records: list[Record], results: dict[str, System
         },
     )
     lines = [
-        json.dumps({"id": rec.id, "input": rec.input, "reference": rec.output,
-                    **{name: r.answers[i] for name, r in results.items()}}, ensure_ascii=False)
+        json.dumps(
+            {
+                "id": rec.id,
+                "input": rec.input,
+                "reference": rec.output,
+                "reference_answer": task.answer(rec),
+                "answers": {name: r.answers[i] for name, r in results.items()},
+                "scores": {name: round(r.record_scores[i], 4) for name, r in results.items()},
+            },
+            ensure_ascii=False,
+        )
         for i, rec in enumerate(records)
     ]
     atomic_write_text(run_dir / "predictions.jsonl", "\n".join(lines) + "\n")

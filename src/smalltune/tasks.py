@@ -6,8 +6,10 @@ these methods, so the prompt the model learns is the prompt it is later asked.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import statistics
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
@@ -31,19 +33,24 @@ class Parsed:
 
 class TaskKind(Protocol):
     config: TaskConfig
+    headline: str  # the metric that picks the best checkpoint and leads the report
 
     def messages(self, record: Record) -> list[dict[str, str]]: ...
     def answer(self, record: Record) -> str: ...
     def parse(self, text: str, record: Record) -> Parsed: ...
     def check(self, record: Record) -> str | None: ...
     def score(self, parsed: list[Parsed], records: list[Record]) -> dict[str, float]: ...
+    def details(self, parsed: list[Parsed], records: list[Record]) -> dict[str, Any]: ...
+    def record_score(self, parsed: Parsed, record: Record) -> float: ...
 
 
+@functools.lru_cache(maxsize=65536)
 def normalise(text: str) -> str:
     """Light normalisation for comparisons: NFKC (full/half-width) and no whitespace."""
     return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text))
 
 
+@functools.lru_cache(maxsize=65536)
 def char_f1(prediction: str, reference: str) -> float:
     """Character-level F1 (bag of characters), the usual measure for Chinese spans."""
     pred, ref = Counter(normalise(prediction)), Counter(normalise(reference))
@@ -54,6 +61,67 @@ def char_f1(prediction: str, reference: str) -> float:
         return 0.0
     precision, recall = common / sum(pred.values()), common / sum(ref.values())
     return 2 * precision * recall / (precision + recall)
+
+
+def _lcs_length(a: str, b: str) -> int:
+    """Length of the longest common subsequence of two strings (one row of the table at a time)."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = [0] * (len(b) + 1)
+    for char in a:
+        current = [0]
+        for j, other in enumerate(b, start=1):
+            current.append(previous[j - 1] + 1 if char == other else max(previous[j], current[j - 1]))
+        previous = current
+    return previous[-1]
+
+
+@functools.lru_cache(maxsize=65536)
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 over characters (no word segmentation, so it suits Chinese), after `normalise`."""
+    pred, ref = normalise(prediction), normalise(reference)
+    if not pred and not ref:
+        return 1.0
+    common = _lcs_length(pred, ref)
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def length_stats(lengths: list[int]) -> dict[str, float]:
+    """Mean, median, 90th percentile, min and max of a list of lengths (all 0 when empty)."""
+    if not lengths:
+        return dict.fromkeys(("mean", "median", "p90", "min", "max"), 0.0)
+    ordered = sorted(lengths)
+    return {
+        "mean": statistics.fmean(ordered),
+        "median": float(statistics.median(ordered)),
+        "p90": float(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]),
+        "min": float(ordered[0]),
+        "max": float(ordered[-1]),
+    }
+
+
+def parse_errors(parsed: list[Parsed]) -> dict[str, int]:
+    """How often each parse error occurred, most frequent first."""
+    return dict(Counter(p.error for p in parsed if not p.ok).most_common())
+
+
+NO_LABEL = "(no label)"
+
+
+def _label_counts(preds: list[Any], golds: list[Any], label: str) -> dict[str, float]:
+    """Precision, recall, F1 and support (gold count) of one label."""
+    tp = sum(p == label and g == label for p, g in zip(preds, golds))
+    fp = sum(p == label and g != label for p, g in zip(preds, golds))
+    fn = sum(p != label and g == label for p, g in zip(preds, golds))
+    return {
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+        "support": tp + fn,
+    }
 
 
 def _user_text(instruction: str, text: str) -> str:
@@ -80,6 +148,8 @@ class _Base:
 
 class ExtractTask(_Base):
     """Text in, one JSON object with exactly the declared fields out."""
+
+    headline = "field_exact"
 
     def default_instruction(self, record: Record) -> str:
         lines = [f"- {name}：{spec.description}" if spec.description else f"- {name}" for name, spec in self.config.fields.items()]
@@ -122,30 +192,73 @@ class ExtractTask(_Base):
             return Parsed(None, "the JSON is not an object")
         return Parsed(value)
 
+    def _predicted(self, result: Parsed, field: str) -> str:
+        """The answer's value for a field as text ('' when absent or null)."""
+        value = result.value.get(field)
+        return "" if value is None else str(value)
+
+    def _hits(self, result: Parsed, record: Record) -> dict[str, bool]:
+        """Per field: does the answer's value equal the reference after `normalise`?"""
+        gold = self._gold(record)
+        return {f: normalise(self._predicted(result, f)) == normalise(gold[f]) for f in self.config.fields}
+
+    def _extractive(self) -> list[str]:
+        return [f for f, spec in self.config.fields.items() if spec.extractive]
+
+    def _made_up(self, result: Parsed, record: Record) -> list[str]:
+        """Extractive fields whose predicted value (non-empty) does not occur in the input."""
+        text = normalise(record.input)
+        return [f for f in self._extractive() if (value := normalise(self._predicted(result, f))) and value not in text]
+
     def score(self, parsed: list[Parsed], records: list[Record]) -> dict[str, float]:
-        """JSON validity, schema conformance, per-field exact match and whole-record exact match."""
+        """JSON validity, schema conformance, per-field exact match and character F1, whole-record exact match,
+        and `hallucinated`: the share of non-empty extractive values that do not occur in the input."""
         n = max(len(records), 1)
         fields = list(self.config.fields)
-        field_hits = dict.fromkeys(fields, 0)
-        exact = valid = schema = 0
+        exact_hits, f1_sums = dict.fromkeys(fields, 0), dict.fromkeys(fields, 0.0)
+        whole = valid = schema = given = made_up = 0
         for result, record in zip(parsed, records, strict=True):
             if not result.ok:
                 continue
             valid += 1
             schema += set(result.value) == set(fields)
             gold = self._gold(record)
-            hits = [normalise(str(result.value.get(f, ""))) == normalise(gold[f]) for f in fields]
-            for field, hit in zip(fields, hits):
-                field_hits[field] += hit
-            exact += all(hits)
-        metrics = {"json_valid": valid / n, "schema_ok": schema / n, "record_exact": exact / n}
-        metrics["field_exact"] = sum(field_hits.values()) / (n * len(fields))
-        metrics.update({f"field_exact.{f}": hits / n for f, hits in field_hits.items()})
+            hits = self._hits(result, record)
+            for field in fields:
+                exact_hits[field] += hits[field]
+                f1_sums[field] += char_f1(self._predicted(result, field), gold[field])
+            whole += all(hits.values())
+            given += sum(bool(normalise(self._predicted(result, f))) for f in self._extractive())
+            made_up += len(self._made_up(result, record))
+        metrics = {"json_valid": valid / n, "schema_ok": schema / n, "record_exact": whole / n}
+        metrics["field_exact"] = sum(exact_hits.values()) / (n * len(fields))
+        metrics["field_f1"] = sum(f1_sums.values()) / (n * len(fields))
+        metrics["hallucinated"] = made_up / given if given else 0.0
+        metrics.update({f"field_exact.{f}": hits / n for f, hits in exact_hits.items()})
+        metrics.update({f"field_f1.{f}": total / n for f, total in f1_sums.items()})
         return metrics
+
+    def details(self, parsed: list[Parsed], records: list[Record]) -> dict[str, Any]:
+        """Parse errors by reason and the made-up values (record id, field, value), the first 50."""
+        made_up = [
+            {"id": record.id, "field": field, "value": self._predicted(result, field)}
+            for result, record in zip(parsed, records, strict=True) if result.ok
+            for field in self._made_up(result, record)
+        ]
+        return {"parse_errors": parse_errors(parsed), "hallucinated_values": made_up[:50]}
+
+    def record_score(self, parsed: Parsed, record: Record) -> float:
+        """The share of fields answered exactly (0 for an unreadable answer)."""
+        if not parsed.ok:
+            return 0.0
+        hits = self._hits(parsed, record)
+        return sum(hits.values()) / len(hits)
 
 
 class ClassifyTask(_Base):
     """Text and candidate labels in, one label out."""
+
+    headline = "macro_f1"
 
     def candidates(self, record: Record) -> list[str]:
         return list(record.candidates) or self.config.labels
@@ -179,21 +292,39 @@ class ClassifyTask(_Base):
         n = max(len(records), 1)
         golds = [r.output for r in records]
         preds = [p.value for p in parsed]
-        f1s = []
-        for label in sorted(set(golds)):
-            tp = sum(p == label and g == label for p, g in zip(preds, golds))
-            fp = sum(p == label and g != label for p, g in zip(preds, golds))
-            fn = sum(p != label and g == label for p, g in zip(preds, golds))
-            f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+        f1s = [_label_counts(preds, golds, label)["f1"] for label in sorted(set(golds))]
         return {
             "accuracy": sum(p == g for p, g in zip(preds, golds)) / n,
             "macro_f1": sum(f1s) / max(len(f1s), 1),
             "invalid_label": sum(not p.ok for p in parsed) / n,
         }
 
+    def details(self, parsed: list[Parsed], records: list[Record]) -> dict[str, Any]:
+        """Per-label precision/recall/F1/support and the confusion matrix (rows gold, columns answer, last column
+        `NO_LABEL` for answers that are no label)."""
+        golds = [r.output for r in records]
+        preds = [p.value for p in parsed]
+        labels = list(dict.fromkeys([*self.config.labels, *sorted(set(golds) | {p for p in preds if p is not None})]))
+        answered = [NO_LABEL if p is None else p for p in preds]
+        columns = [*labels, NO_LABEL]
+        counts = Counter(zip(golds, answered))
+        return {
+            "labels": labels,
+            "per_label": {label: _label_counts(preds, golds, label) for label in labels},
+            "confusion": {"rows": labels, "columns": columns,
+                          "counts": [[counts[(gold, col)] for col in columns] for gold in labels]},
+            "parse_errors": parse_errors(parsed),
+        }
+
+    def record_score(self, parsed: Parsed, record: Record) -> float:
+        """1 for the right label, else 0."""
+        return float(parsed.value == record.output)
+
 
 class ChatTask(_Base):
     """A reply in a persona; scored against the reference reply."""
+
+    headline = "rouge_l"
 
     def answer(self, record: Record) -> str:
         return str(record.output)
@@ -205,11 +336,24 @@ class ChatTask(_Base):
         return Parsed(text.strip())
 
     def score(self, parsed: list[Parsed], records: list[Record]) -> dict[str, float]:
+        """Character F1 and character ROUGE-L against the reference reply, and the mean reply length."""
         n = max(len(records), 1)
         return {
             "char_f1": sum(char_f1(p.value or "", str(r.output)) for p, r in zip(parsed, records)) / n,
+            "rouge_l": sum(rouge_l(p.value or "", str(r.output)) for p, r in zip(parsed, records)) / n,
             "reply_chars": sum(len(p.value or "") for p in parsed) / n,
         }
+
+    def details(self, parsed: list[Parsed], records: list[Record]) -> dict[str, Any]:
+        """Length statistics (characters) of the replies and of the reference replies."""
+        return {
+            "reply_chars": length_stats([len(p.value or "") for p in parsed]),
+            "reference_chars": length_stats([len(str(r.output)) for r in records]),
+        }
+
+    def record_score(self, parsed: Parsed, record: Record) -> float:
+        """Character ROUGE-L of the reply against the reference."""
+        return rouge_l(parsed.value or "", str(record.output))
 
 
 def build_task(config: TaskConfig) -> TaskKind:

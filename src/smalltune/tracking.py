@@ -1,0 +1,104 @@
+"""What training reports while it runs.
+
+Two things: the experiment tracker chosen by `train.report_to` (SwanLab offline by default, SwanLab cloud,
+TensorBoard, or nothing), and the task's own metrics on the validation split at every evaluation, so a
+checkpoint is judged by its answers and not only by its loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from smalltune.config import TaskConfig
+from smalltune.data import Record
+from smalltune.errors import ConfigError
+
+SWANLAB_DIR = "swanlog"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def tracker_callbacks(config: TaskConfig, run_dir: Path) -> list[TrainerCallback]:
+    """The Trainer callbacks for `train.report_to`; logs kept on disk go inside the run directory."""
+    choice = config.train.report_to
+    if choice == "none":
+        return []
+    if choice == "tensorboard":
+        return [_tensorboard(Path(run_dir) / TENSORBOARD_DIR)]
+    return _swanlab(config, Path(run_dir) / SWANLAB_DIR, cloud=choice == "swanlab-cloud")
+
+
+def _tensorboard(log_dir: Path) -> TrainerCallback:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ConfigError(
+            "train.report_to: tensorboard needs the tensorboard package: pip install tensorboard "
+            "(or choose swanlab or none)"
+        ) from exc
+    from transformers.integrations import TensorBoardCallback
+
+    return TensorBoardCallback(SummaryWriter(log_dir=str(log_dir)))
+
+
+def _swanlab(config: TaskConfig, log_dir: Path, cloud: bool) -> list[TrainerCallback]:
+    """SwanLab's own Trainer callback (it starts the run itself, which `report_to=["swanlab"]` does not)."""
+    import swanlab
+    from swanlab.integration.transformers import SwanLabCallback
+
+    if cloud and not swanlab.Settings().api_key:
+        raise ConfigError(
+            "train.report_to: swanlab-cloud needs a SwanLab account on this machine: run `swanlab login` "
+            "(or set SWANLAB_API_KEY), or choose swanlab to keep the logs offline in the run directory"
+        )
+    tracker = SwanLabCallback(
+        project="smalltune", experiment_name=config.name, mode="online" if cloud else "offline", log_dir=str(log_dir)
+    )
+    return [_FinishSwanLabRun(), tracker]
+
+
+class _FinishSwanLabRun(TrainerCallback):
+    """Closes the SwanLab run when training ends, unless the run was open before training started."""
+
+    def __init__(self) -> None:
+        self.opened_here = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import swanlab
+
+        self.opened_here = not swanlab.has_run()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        import swanlab
+
+        if self.opened_here and swanlab.has_run():
+            swanlab.finish()
+
+
+class ValidationMetrics(TrainerCallback):
+    """At each evaluation, answers the validation records with the model in training and scores them.
+
+    Generation goes through the inference engine (greedy, batched, the same prompts as `smalltune eval`).
+    The task's metrics join the evaluation metrics as `eval_<metric>` (so `metric_for_best_model` can pick
+    the best checkpoint by them) and are logged through `log` (the trainer's, so every tracker sees them).
+    """
+
+    def __init__(self, config: TaskConfig, records: list[Record], log: Callable[[dict[str, float]], None]):
+        self.config = config
+        self.records = records
+        self.log = log
+        self.engine = None  # built at the first evaluation, around the trainer's model
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, processing_class=None, **kwargs):
+        from smalltune.infer import Engine  # infer imports train, which imports this module
+
+        if self.engine is None:
+            self.engine = Engine(model, processing_class, self.config)
+        generation = self.engine.generate(self.records)
+        task = self.engine.task
+        parsed = [task.parse(text, record) for text, record in zip(generation.texts, self.records)]
+        scores = {f"eval_{name}": value for name, value in task.score(parsed, self.records).items()}
+        metrics.update(scores)
+        self.log(scores)
