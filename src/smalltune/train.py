@@ -6,8 +6,10 @@ LoRA through peft, the loop through TRL's SFTTrainer on pre-tokenised prompt/com
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -15,15 +17,18 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import TrainerCallback
+from transformers.utils import is_triton_available
 from trl import SFTConfig, SFTTrainer
 
 from smalltune.config import TaskConfig, save_config
 from smalltune.data import Record, load_splits
-from smalltune.errors import DataError
+from smalltune.errors import ConfigError, DataError, ModelError
 from smalltune.formatting import Example, encode_examples
 from smalltune.io import atomic_write_json
 from smalltune.models import choose_dtype, load_model, load_tokenizer, resolve_model
+from smalltune.plan import Settings, estimate, task_architecture
 from smalltune.tasks import build_task
+from smalltune.tracking import ValidationMetrics, tracker_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +53,99 @@ def _dataset(examples: list[Example]) -> Dataset:
     )
 
 
-def _gradient_checkpointing(setting: str) -> bool:
-    """'auto': off on CPUs (it costs time and RAM is plentiful), on for GPUs under 24 GB."""
+def _gradient_checkpointing(config: TaskConfig) -> bool:
+    """'auto': on when the memory plan without it (`smalltune plan`) would fill more than 90% of the GPU, or,
+    without a GPU, half of the RAM (recomputing each layer costs a CPU about a third more time)."""
+    setting = config.train.gradient_checkpointing
     if setting != "auto":
         return setting == "on"
-    return torch.cuda.is_available() and torch.cuda.get_device_properties(0).total_memory < 24 * 2**30
+    if torch.cuda.is_available():
+        available = 0.9 * torch.cuda.get_device_properties(0).total_memory
+    else:
+        available = 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return estimate(task_architecture(config), Settings.of(config)).total(checkpointing=False) > available
+
+
+def _liger_kernel(setting: str) -> bool:
+    """'auto': Liger's fused kernels where they run (CUDA) and are installed."""
+    available = torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+    if setting == "on" and not available:
+        raise ConfigError("train.liger_kernel: 'on' needs a CUDA GPU and `pip install liger-kernel`; set it to auto or off")
+    return available and setting != "off"
+
+
+def is_main_process() -> bool:
+    """True in a single process and in rank 0 of a torchrun / accelerate launch; only it writes the run directory."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def labelled_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the LM head must run: a (batch, seq) mask of positions whose next token has a label, and those labels.
+
+    Position t predicts token t+1, so the mask is the label mask shifted left by one. The labels come in the
+    mask's row-major order, the order in which `hidden_states[mask]` lists the positions.
+    """
+    next_labels = labels[:, 1:]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = next_labels != -100
+    return keep, next_labels[keep[:, :-1]]
+
+
+def _trl_head_is_labelled_only(device: torch.device) -> bool:
+    """Where TRL's fused LM head already projects only labelled positions (in vocabulary tiles): Triton devices."""
+    return device.type in ("cuda", "xpu") and is_triton_available()
+
+
+class SmalltuneTrainer(SFTTrainer):
+    """TRL's SFTTrainer with a loss that builds logits only at labelled positions (train.logits: labelled).
+
+    With a 151,936-token vocabulary the prompt's logits would be the largest tensor of a small model's step.
+    On CUDA with Triton, TRL's fused LM head already skips them; elsewhere (CPU) it scores every position, so
+    this loss passes the label mask to the model as `logits_to_keep`: the call goes through the DDP / FSDP /
+    PEFT wrappers as usual and the LM head projects the answer positions only. Token accuracy, entropy and
+    the token count are logged under TRL's names.
+    """
+
+    def __init__(self, *args, labelled_logits: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.labelled_logits = labelled_logits
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        trl_loss = not self.labelled_logits or _trl_head_is_labelled_only(inputs["input_ids"].device)
+        if trl_loss or return_outputs or self.aux_loss_enabled:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        keep, targets = labelled_positions(inputs["labels"])
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        logits = model(**model_inputs, use_cache=False, logits_to_keep=keep).logits
+        if logits.dim() != 2 or logits.shape[0] != targets.numel():
+            raise ModelError(
+                f"{type(self.model).__name__} does not return logits for selected positions only; set train.logits: trl"
+            )
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        del logits
+        nll = -log_probs.gather(-1, targets[:, None]).sum()
+        # normalised like TRL's loss: by the labelled tokens of the whole optimizer step, on every rank
+        count = targets.numel() if num_items_in_batch is None else num_items_in_batch
+        loss = nll / torch.as_tensor(count).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes
+        self._log_answer_metrics(log_probs.detach(), targets, inputs)
+        return loss
+
+    def _log_answer_metrics(self, log_probs: torch.Tensor, targets: torch.Tensor, inputs: dict) -> None:
+        """TRL's per-step metrics (mean_token_accuracy, entropy, num_tokens) from the answer positions' log-probs."""
+        mode = "train" if self.model.training else "eval"
+        gather = self.accelerator.gather_for_metrics
+        count = gather(torch.tensor(targets.numel(), device=targets.device)).sum()
+        correct = gather((log_probs.argmax(-1) == targets).sum()).sum()
+        entropy = gather(-(log_probs.exp() * log_probs).sum()).sum()
+        metrics = self._metrics[mode]
+        metrics["mean_token_accuracy"].append((correct / count).item() if count > 0 else 0.0)
+        metrics["entropy"].append((entropy / count).item() if count > 0 else 0.0)
+        if mode == "train":
+            seen = inputs["attention_mask"].sum() if "attention_mask" in inputs else torch.tensor(inputs["input_ids"].numel())
+            self._total_train_tokens += gather(seen.to(targets.device)).sum().item()
+        metrics["num_tokens"] = [self._total_train_tokens]
 
 
 def _encode(tokenizer, task, records: list[Record], config: TaskConfig, what: str) -> list[Example]:
@@ -68,7 +161,11 @@ def _encode(tokenizer, task, records: list[Record], config: TaskConfig, what: st
 
 
 def sft_config(config: TaskConfig, dtype: torch.dtype, has_validation: bool) -> SFTConfig:
-    """TRL settings derived from the task file; every choice is logged by the trainer."""
+    """TRL settings derived from the task file; every choice is logged by the trainer.
+
+    With a validation split, the model is evaluated (loss and task metrics) at every checkpoint and the
+    checkpoint with the best headline metric is the one kept at the end.
+    """
     t = config.train
     return SFTConfig(
         output_dir=str(config.run_dir / "checkpoints"),
@@ -82,43 +179,72 @@ def sft_config(config: TaskConfig, dtype: torch.dtype, has_validation: bool) -> 
         logging_steps=t.logging_steps,
         save_steps=t.save_steps,
         save_total_limit=2,
-        eval_strategy="epoch" if has_validation else "no",
+        eval_strategy="steps" if has_validation else "no",
+        eval_steps=t.save_steps,
+        load_best_model_at_end=has_validation,
+        metric_for_best_model=f"eval_{build_task(config).headline}" if has_validation else None,
+        greater_is_better=True,
         seed=t.seed,
         data_seed=t.seed,
         bf16=dtype == torch.bfloat16,
         use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=_gradient_checkpointing(t.gradient_checkpointing),
+        gradient_checkpointing=_gradient_checkpointing(config),
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        use_liger_kernel=_liger_kernel(t.liger_kernel),
+        ddp_find_unused_parameters=False,  # every LoRA weight is used in each step: skip DDP's extra graph walk
         max_length=None,
         completion_only_loss=True,
-        report_to=[] if t.report_to == "none" else [t.report_to],
+        report_to="none",  # trackers are attached as callbacks (smalltune.tracking)
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
 
 
+def prepare_dataset(tokenizer, task, records: list[Record], config: TaskConfig, what: str) -> Dataset:
+    """Records to the tokenised dataset the trainer reads: prompt + answer ids and the answer mask."""
+    return _dataset(_encode(tokenizer, task, records, config, what))
+
+
+def speed_choices(config: TaskConfig, args: SFTConfig) -> list[str]:
+    """Each choice that sets the run's speed and memory, with the task-file key that overrides it."""
+    t = config.train
+    return [
+        f"{'logits at labelled positions only' if t.logits == 'labelled' else 'TRL loss'} (train.logits={t.logits})",
+        f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'} "
+        f"(train.gradient_checkpointing={t.gradient_checkpointing})",
+        f"{'bf16 autocast' if args.bf16 else 'no autocast'} (model.dtype={config.model.dtype})",
+        f"{'length-grouped' if t.group_by_length else 'random'} batches (train.group_by_length={t.group_by_length})",
+        f"Liger kernels {'on' if args.use_liger_kernel else 'off'} (train.liger_kernel={t.liger_kernel})",
+        f"{args.world_size} process(es), {args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps} "
+        "examples per optimizer step",
+    ]
+
+
 def build_trainer(config: TaskConfig) -> SFTTrainer:
     """Data, model and LoRA wired into a ready-to-run SFTTrainer (the run directory is created)."""
     run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    main_process = is_main_process()
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
     task = build_task(config)
     splits = load_splits(config.data, check=task.check)
-    if splits.problems:
+    if splits.problems and main_process:
         (run_dir / "invalid_records.txt").write_text("\n".join(splits.problems) + "\n", encoding="utf-8")
         log.warning("%d invalid record(s) left out; see %s", len(splits.problems), run_dir / "invalid_records.txt")
     if not splits.train:
         raise DataError(f"{config.data.train}: no valid training records")
-    save_config(config, run_dir / "task.yaml")
+    if main_process:
+        save_config(config, run_dir / "task.yaml")
 
     model_path = resolve_model(config.model.name)
     dtype = choose_dtype(config.model.dtype)
     tokenizer = load_tokenizer(model_path, config.model.chat_template)
-    train_set = _dataset(_encode(tokenizer, task, splits.train, config, "training"))
-    eval_set = _dataset(_encode(tokenizer, task, splits.validation, config, "validation")) if splits.validation else None
+    train_set = prepare_dataset(tokenizer, task, splits.train, config, "training")
+    eval_set = prepare_dataset(tokenizer, task, splits.validation, config, "validation") if splits.validation else None
     model = load_model(model_path, dtype)
     log.info("model %s, dtype %s, %d training / %d validation examples", model_path, dtype, len(train_set), len(eval_set or []))
     lora = config.lora
-    return SFTTrainer(
+    trainer = SmalltuneTrainer(
         model=model,
         args=sft_config(config, dtype, eval_set is not None),
         train_dataset=train_set,
@@ -128,8 +254,13 @@ def build_trainer(config: TaskConfig) -> SFTTrainer:
             r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             target_modules=lora.target_modules, task_type="CAUSAL_LM",
         ),
-        callbacks=[_JsonLog(run_dir / "train_log.jsonl")],
+        callbacks=[_JsonLog(run_dir / "train_log.jsonl"), *tracker_callbacks(config, run_dir)],
+        labelled_logits=config.train.logits == "labelled",
     )
+    log.info("speed settings: %s", "; ".join(speed_choices(config, trainer.args)))
+    if splits.validation:
+        trainer.add_callback(ValidationMetrics(config, splits.validation, trainer.log))
+    return trainer
 
 
 def save_run(trainer: SFTTrainer, run_dir: Path, seconds: float) -> None:

@@ -1,0 +1,104 @@
+"""The speed choices of a training run: the answer-only loss equals the full-logits loss, and each choice is logged and overridable."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import write_jsonl
+from smalltune.config import TaskConfig
+from smalltune.errors import ConfigError
+from smalltune.synth.complaints import FIELDS, generate_complaints
+from smalltune.train import build_trainer, labelled_positions, sft_config
+
+
+def tiny_config(tmp_path, model_dir, **train) -> TaskConfig:
+    rows, _ = generate_complaints(n_train=8, n_test=1, seed=3)
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    return TaskConfig(
+        name="speed", kind="extract", fields=FIELDS,
+        data={"train": tmp_path / "train.jsonl", "validation_share": 0, "test_share": 0},
+        model={"name": str(model_dir), "max_length": 256, "dtype": "float32"},
+        lora={"dropout": 0.0}, train={"batch_size": 4, "report_to": "none", **train}, output_dir=tmp_path / "runs",
+    )
+
+
+@pytest.fixture(scope="module")
+def trainer_and_batch(tmp_path_factory, tiny_qwen3_dir):
+    trainer = build_trainer(tiny_config(tmp_path_factory.mktemp("speed"), tiny_qwen3_dir))
+    batch = next(iter(trainer.get_train_dataloader()))
+    return trainer, batch
+
+
+def lora_grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_the_answer_only_loss_equals_the_full_logits_loss_in_value_and_gradients(trainer_and_batch):
+    trainer, batch = trainer_and_batch
+    model = trainer.model.train()
+
+    model.zero_grad()
+    trimmed = trainer.compute_loss(model, dict(batch))
+    trimmed.backward()
+    trimmed_grads = lora_grads(model)
+
+    model.zero_grad()
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    full = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+    full.backward()
+    full_grads = lora_grads(model)
+
+    torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-6)
+    assert full_grads.keys() == trimmed_grads.keys() and any(g.abs().sum() > 0 for g in full_grads.values())
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(trimmed_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+    assert trainer._metrics["train"]["mean_token_accuracy"], "token accuracy is still logged"
+
+
+def test_logits_are_built_only_at_answer_positions(trainer_and_batch):
+    trainer, batch = trainer_and_batch
+    tokenizer = trainer.processing_class
+    keep, targets = labelled_positions(batch["labels"])
+
+    with torch.no_grad():
+        logits = trainer.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep
+        ).logits
+    assert logits.shape == (targets.numel(), len(tokenizer))
+    assert targets.numel() < batch["attention_mask"].sum() / 2  # the prompts are most of each example
+
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for row, labels in zip(keep, batch["labels"]):
+        answer = labels[labels != -100].tolist()
+        predicted_from = row.nonzero().flatten()
+        # the positions just before the answer tokens, and nothing else
+        assert (predicted_from + 1).tolist() == (labels != -100).nonzero().flatten().tolist()
+        assert answer[-1] == end_of_turn and tokenizer.decode(answer[:-1]).startswith('{"name"')
+
+
+def test_each_speed_choice_is_logged_and_can_be_overridden(tmp_path, tiny_qwen3_dir, caplog):
+    config = tiny_config(
+        tmp_path, tiny_qwen3_dir, logits="trl", gradient_checkpointing="on", group_by_length=False, logging_steps=1
+    )
+    with caplog.at_level(logging.INFO, logger="smalltune.train"):
+        trainer = build_trainer(config)
+    assert not trainer.labelled_logits and trainer.args.gradient_checkpointing
+    logged = "\n".join(r.getMessage() for r in caplog.records if "speed settings" in r.getMessage())
+    for choice in ("TRL loss (train.logits=trl)", "gradient checkpointing on",
+                   "random batches", "Liger kernels off (train.liger_kernel=auto)", "4 examples per optimizer step"):
+        assert choice in logged, choice
+
+    trainer.args.max_steps = 1
+    trainer.train()  # TRL's own loss path still trains
+    assert any("loss" in h for h in trainer.state.log_history)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error shown where Liger cannot run")
+def test_asking_for_liger_kernels_without_a_gpu_is_a_clear_error(tmp_path, tiny_qwen3_dir):
+    config = tiny_config(tmp_path, tiny_qwen3_dir, liger_kernel="on")
+    with pytest.raises(ConfigError, match="train.liger_kernel: 'on' needs a CUDA GPU"):
+        sft_config(config, torch.float32, has_validation=False)
