@@ -79,7 +79,10 @@ def test_activation_estimate_matches_what_autograd_keeps(dtype, dropout):
     assert estimated == pytest.approx(measured, rel=0.15)
 
 
-def test_plan_command_prints_every_model_and_whether_it_fits(tmp_path, tiny_qwen3_dir):
+def test_plan_command_prints_every_model_and_whether_it_fits(tmp_path, tiny_qwen3_dir, monkeypatch):
+    import smalltune.cli
+
+    monkeypatch.setattr(smalltune.cli.console, "size", (200, 50))  # a wide terminal, whatever ran before
     task = tmp_path / "task.yaml"
     task.write_text(f"name: t\nkind: chat\ndata: {{train: train.jsonl}}\nmodel: {{name: {tiny_qwen3_dir}}}\n"
                     "train: {batch_size: 8}\n", encoding="utf-8")
