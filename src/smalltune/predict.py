@@ -17,12 +17,14 @@ def predict_file(
     out: Path,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    engine: Engine | None = None,
 ) -> int:
     """Answer each record not yet in `out`, appending one line per record; returns how many were answered.
 
-    Invalid input records get an error line each instead of stopping the run.
+    Invalid input records get an error line each instead of stopping the run. `engine` answers them
+    (default: the run's transformers `Engine`; a `vllm_engine.VllmEngine` of the run serves as well).
     """
-    engine = Engine.from_run(run_dir)
+    engine = engine or Engine.from_run(run_dir)
     loaded = load_records(Path(input_file), engine.config.data, require_output=False)
     done = {row["id"] for row in read_appended(out)}
     todo = [r for r in loaded.records if r.id not in done]
