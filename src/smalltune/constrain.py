@@ -93,6 +93,17 @@ def choice_grammar(labels: list[str]) -> str:
     return "root ::= " + " | ".join(ebnf_literal(label) for label in labels)
 
 
+def record_grammar(task: TaskKind, record: Record, grounded: bool) -> str | None:
+    """The EBNF grammar this record's answer must follow; None for free text (chat)."""
+    config = task.config
+    if config.kind == "extract":
+        fields = {name: spec.extractive for name, spec in config.fields.items()}
+        return extract_grammar(fields, record.input if grounded else None)
+    if config.kind == "classify":
+        return choice_grammar(task.candidates(record))
+    return None
+
+
 class Grammars:
     """Compiles (and caches) the grammar each record's answer must follow."""
 
@@ -113,13 +124,8 @@ class Grammars:
 
     def for_record(self, record: Record) -> xgr.CompiledGrammar | None:
         """The compiled grammar for this record's answer, or None when the task kind is free text."""
-        config = self.task.config
-        if config.kind == "extract":
-            fields = {name: spec.extractive for name, spec in config.fields.items()}
-            return self._compiled(extract_grammar(fields, record.input if self.grounded else None))
-        if config.kind == "classify":
-            return self._compiled(choice_grammar(self.task.candidates(record)))
-        return None
+        ebnf = record_grammar(self.task, record, self.grounded)
+        return None if ebnf is None else self._compiled(ebnf)
 
 
 def logits_processor(grammars: list[xgr.CompiledGrammar]) -> LogitsProcessor:

@@ -98,6 +98,14 @@ def prompt_ids(
     raise ValueError(f"the prompt needs more than {budget} tokens even with the input shortened")
 
 
+def prompts_for(
+    tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: Sequence[Record], config, shots: Sequence[Record] = ()
+) -> tuple[list[list[int]], list[bool]]:
+    """Prompt ids of many records within the task's model.max_length, and which inputs were shortened."""
+    built = [prompt_ids(tokenizer, task, r, config.model.max_length, config.model.enable_thinking, shots) for r in records]
+    return [ids for ids, _ in built], [cut for _, cut in built]
+
+
 @dataclass(frozen=True)
 class Example:
     """One tokenised training example."""

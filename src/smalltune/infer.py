@@ -20,7 +20,7 @@ from xgrammar import CompiledGrammar
 from smalltune.config import TaskConfig, load_config
 from smalltune.constrain import Grammars, logits_processor
 from smalltune.data import Record
-from smalltune.formatting import end_of_turn_ids, prompt_ids
+from smalltune.formatting import end_of_turn_ids, prompts_for
 from smalltune.models import choose_dtype, load_model, load_tokenizer, resolve_model
 from smalltune.tasks import TaskKind, build_task
 from smalltune.train import ADAPTER_DIR
@@ -75,12 +75,6 @@ class Engine:
         else:
             yield
 
-    def _prompts(self, records: list[Record], shots: Sequence[Record]) -> tuple[list[list[int]], list[bool]]:
-        budget = self.config.model.max_length
-        thinking = self.config.model.enable_thinking
-        built = [prompt_ids(self.tokenizer, self.task, r, budget, thinking, shots) for r in records]
-        return [ids for ids, _ in built], [cut for _, cut in built]
-
     @torch.inference_mode()
     def _generate_batch(self, batch: list[list[int]], grammars: list | None) -> tuple[list[str], int]:
         width = max(len(ids) for ids in batch)
@@ -111,7 +105,7 @@ class Engine:
         `on_batch` is called with 0 when decoding starts, then with the size of each finished batch.
         """
         started = time.perf_counter()
-        prompts, truncated = self._prompts(records, shots)
+        prompts, truncated = prompts_for(self.tokenizer, self.task, records, self.config, shots)
         grammars = [self.grammars.for_record(r) for r in records] if self.grammars else None
         generation = self.generate_ids(prompts, on_batch, grammars)
         generation.truncated = truncated

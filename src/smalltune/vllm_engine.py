@@ -29,10 +29,10 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from smalltune.config import TaskConfig, load_config
-from smalltune.constrain import choice_grammar, extract_grammar
+from smalltune.constrain import record_grammar
 from smalltune.data import Record
 from smalltune.errors import ConfigError, ModelError
-from smalltune.formatting import end_of_turn_ids, prompt_ids
+from smalltune.formatting import end_of_turn_ids, prompts_for
 from smalltune.infer import Generation
 from smalltune.models import choose_dtype, load_tokenizer, resolve_model
 from smalltune.tasks import TaskKind, build_task
@@ -107,17 +107,6 @@ def lora_rank_slot(rank: int) -> int:
     return fitting[0]
 
 
-def record_grammar(task: TaskKind, record: Record, grounded: bool) -> str | None:
-    """The EBNF grammar that `constrain.Grammars` compiles for this record; None for free text (chat)."""
-    config = task.config
-    if config.kind == "extract":
-        fields = {name: spec.extractive for name, spec in config.fields.items()}
-        return extract_grammar(fields, record.input if grounded else None)
-    if config.kind == "classify":
-        return choice_grammar(task.candidates(record))
-    return None
-
-
 def _adapter_id(adapter: Path) -> int:
     """vLLM's number for an adapter folder: one per folder, as vLLM caches loaded adapters by number."""
     return _ADAPTER_IDS.setdefault(Path(adapter).resolve(), len(_ADAPTER_IDS) + 1)
@@ -188,12 +177,11 @@ class VllmEngine:
         `on_batch` is called with 0 when decoding starts, then with 1 as each answer finishes.
         """
         started = time.perf_counter()
-        budget, thinking = self.config.model.max_length, self.config.model.enable_thinking
-        built = [prompt_ids(self.tokenizer, self.task, r, budget, thinking, shots) for r in records]
+        prompts, truncated = prompts_for(self.tokenizer, self.task, records, self.config, shots)
         grounded = self.config.infer.grounded
         grammars = [record_grammar(self.task, r, grounded) for r in records] if self.constrained else None
-        generation = self.generate_ids([ids for ids, _ in built], on_batch, grammars)
-        generation.truncated = [cut for _, cut in built]
+        generation = self.generate_ids(prompts, on_batch, grammars)
+        generation.truncated = truncated
         generation.seconds = time.perf_counter() - started
         return generation
 
