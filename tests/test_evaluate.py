@@ -164,7 +164,8 @@ def test_training_scores_the_validation_records_at_each_evaluation_and_keeps_the
 
     state = json.loads((run_dir / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
     best = state["best_model_checkpoint"]
-    assert best is not None and state["best_metric"] == max(e["eval_field_exact"] for e in log if "eval_field_exact" in e)
+    best_field_exact = max(e["eval_field_exact"] for e in log if "eval_field_exact" in e)
+    assert best is not None and state["best_metric"] == pytest.approx(best_field_exact, abs=1e-4)
     kept = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     at_best = load_file(f"{best}/adapter_model.safetensors")
     assert kept.keys() == at_best.keys()
@@ -196,3 +197,12 @@ def test_swanlab_cloud_without_a_login_is_a_clear_error(tmp_path, monkeypatch):
     cloud = TaskConfig(name="t", kind="chat", data={"train": "x.jsonl"}, train={"report_to": "swanlab-cloud"})
     with pytest.raises(ConfigError, match="swanlab login"):
         tracker_callbacks(cloud, tmp_path)
+
+
+def test_checkpoint_choice_prefers_the_better_metric_then_the_lower_loss():
+    from smalltune.tracking import checkpoint_score
+
+    # a validation set answered perfectly early on must not keep the first, barely trained checkpoint
+    assert checkpoint_score(1.0, 0.0003) > checkpoint_score(1.0, 0.05)
+    # the loss only breaks ties: one more field right always wins
+    assert checkpoint_score(1.0, 10.0) > checkpoint_score(1.0 - 1 / 128, 0.0)

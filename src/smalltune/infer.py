@@ -36,7 +36,40 @@ class Generation:
     truncated: list[bool]
 
 
-class Engine:
+class RecordEngine:
+    """What every engine shares: records become prompts (and grammars) the same way, then `generate_ids` answers."""
+
+    tokenizer: PreTrainedTokenizerBase
+    task: TaskKind
+    config: TaskConfig
+
+    def grammar(self, record: Record) -> object | None:
+        """The engine's form of the grammar this record's answer follows; None when decoding is free."""
+        raise NotImplementedError
+
+    def generate_ids(self, prompts: list[list[int]], on_batch: Callable[[int], None] | None, grammars: list | None) -> Generation:
+        raise NotImplementedError
+
+    def generate(
+        self,
+        records: list[Record],
+        on_batch: Callable[[int], None] | None = None,
+        shots: Sequence[Record] = (),
+    ) -> Generation:
+        """Answers for the records (prompted with the task's messages, after `shots` solved examples if given).
+
+        `on_batch` is called with 0 when decoding starts, then with the number of answers finished since.
+        """
+        started = time.perf_counter()
+        prompts, truncated = prompts_for(self.tokenizer, self.task, records, self.config, shots)
+        grammars = [self.grammar(r) for r in records]
+        generation = self.generate_ids(prompts, on_batch, None if all(g is None for g in grammars) else grammars)
+        generation.truncated = truncated
+        generation.seconds = time.perf_counter() - started
+        return generation
+
+
+class Engine(RecordEngine):
     """Batched greedy generation for one task, with an optional LoRA adapter that can be switched off."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: TaskConfig):
@@ -94,23 +127,9 @@ class Engine:
         produced = int(sum((row != pad).sum() for row in new))
         return self.tokenizer.batch_decode(new, skip_special_tokens=True), produced
 
-    def generate(
-        self,
-        records: list[Record],
-        on_batch: Callable[[int], None] | None = None,
-        shots: Sequence[Record] = (),
-    ) -> Generation:
-        """Answers for the records (prompted with the task's messages, after `shots` solved examples if given).
-
-        `on_batch` is called with 0 when decoding starts, then with the size of each finished batch.
-        """
-        started = time.perf_counter()
-        prompts, truncated = prompts_for(self.tokenizer, self.task, records, self.config, shots)
-        grammars = [self.grammars.for_record(r) for r in records] if self.grammars else None
-        generation = self.generate_ids(prompts, on_batch, grammars)
-        generation.truncated = truncated
-        generation.seconds = time.perf_counter() - started
-        return generation
+    def grammar(self, record: Record) -> CompiledGrammar | None:
+        """The compiled grammar this record's answer follows, or None when decoding is free."""
+        return self.grammars.for_record(record) if self.grammars else None
 
     def generate_ids(
         self,

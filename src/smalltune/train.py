@@ -28,7 +28,7 @@ from smalltune.io import atomic_write_json
 from smalltune.models import choose_dtype, load_model, load_tokenizer, resolve_model
 from smalltune.plan import Settings, estimate, task_architecture
 from smalltune.tasks import build_task
-from smalltune.tracking import ValidationMetrics, tracker_callbacks
+from smalltune.tracking import CHECKPOINT_SCORE, ValidationMetrics, tracker_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def sft_config(config: TaskConfig, dtype: torch.dtype, has_validation: bool) -> 
         eval_strategy="steps" if has_validation else "no",
         eval_steps=t.save_steps,
         load_best_model_at_end=has_validation,
-        metric_for_best_model=f"eval_{build_task(config).headline}" if has_validation else None,
+        metric_for_best_model=CHECKPOINT_SCORE if has_validation else None,
         greater_is_better=True,
         seed=t.seed,
         data_seed=t.seed,

@@ -21,7 +21,7 @@ import io
 import os
 import time
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,8 @@ from smalltune.config import TaskConfig, load_config
 from smalltune.constrain import record_grammar
 from smalltune.data import Record
 from smalltune.errors import ConfigError, ModelError
-from smalltune.formatting import end_of_turn_ids, prompts_for
-from smalltune.infer import Generation
+from smalltune.formatting import end_of_turn_ids
+from smalltune.infer import Generation, RecordEngine
 from smalltune.models import choose_dtype, load_tokenizer, resolve_model
 from smalltune.tasks import TaskKind, build_task
 from smalltune.train import ADAPTER_DIR
@@ -112,7 +112,7 @@ def _adapter_id(adapter: Path) -> int:
     return _ADAPTER_IDS.setdefault(Path(adapter).resolve(), len(_ADAPTER_IDS) + 1)
 
 
-class VllmEngine:
+class VllmEngine(RecordEngine):
     """Greedy generation for one task through vLLM, with the run's LoRA adapter served unmerged."""
 
     def __init__(self, llm: Any, tokenizer: PreTrainedTokenizerBase, config: TaskConfig, adapter: Path | None = None):
@@ -166,24 +166,9 @@ class VllmEngine:
         finally:
             self._active = self._adapter
 
-    def generate(
-        self,
-        records: list[Record],
-        on_batch: Callable[[int], None] | None = None,
-        shots: Sequence[Record] = (),
-    ) -> Generation:
-        """Answers for the records (prompted with the task's messages, after `shots` solved examples if given).
-
-        `on_batch` is called with 0 when decoding starts, then with 1 as each answer finishes.
-        """
-        started = time.perf_counter()
-        prompts, truncated = prompts_for(self.tokenizer, self.task, records, self.config, shots)
-        grounded = self.config.infer.grounded
-        grammars = [record_grammar(self.task, r, grounded) for r in records] if self.constrained else None
-        generation = self.generate_ids(prompts, on_batch, grammars)
-        generation.truncated = truncated
-        generation.seconds = time.perf_counter() - started
-        return generation
+    def grammar(self, record: Record) -> str | None:
+        """The EBNF grammar this record's answer follows (vLLM compiles it with xgrammar); None when free."""
+        return record_grammar(self.task, record, self.config.infer.grounded) if self.constrained else None
 
     def generate_ids(
         self,
