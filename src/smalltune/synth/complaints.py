@@ -29,7 +29,8 @@ class Pool(NamedTuple):
     """Wordings one split is built from.
 
     Skeleton slots: G greeting, N/A/E introduced name/address/email,
-    Q question, X mid-text noise sentence, C closing.
+    Q question, X mid-text noise sentence, C closing, s a separator drawn
+    once per record (never next to Q, so the question stays a sentence).
     """
 
     skeletons: tuple[str, ...]
@@ -41,6 +42,7 @@ class Pool(NamedTuple):
     topics: tuple[tuple[str, tuple[str, ...]], ...]
     noise_mid: tuple[str, ...]
     noise_tail: tuple[str, ...]
+    separators: tuple[str, ...] = ("，",)
 
     @property
     def templates(self) -> tuple[str, ...]:
@@ -61,51 +63,59 @@ class Pool(NamedTuple):
 
 TRAIN_POOL = Pool(
     skeletons=(
-        "{G}{N}，{A}，{E}。{X}{Q}。{C}",
-        "{G}{Q}！{N}，{A}。{X}{E}",
+        "{G}{N}{s}{A}{s}{E}。{X}{Q}。{C}",
+        "{G}{Q}！{N}{s}{A}。{X}{E}",
         "{N}。{A}。{X}{Q}。{E}。{C}",
-        "{G}{X}{Q}？{N}，{E}，{A}。{C}",
+        "{G}{X}{Q}？{N}{s}{E}{s}{A}。{C}",
         "{G}{N}\n{A}\n{E}\n{X}{Q}。",
-        "{Q}。{N}，{A}，{E}。{X}{C}",
-        "{G}{A}，{N}。{Q}！{X}{E}。",
-        "{G}{E}，{N}。{X}{Q}。{A}。{C}",
-        "{N}，{E}。{Q}。{A}。{X}{C}",
-        "{G}{N}，{A}。\n{Q}。\n{E}",
-        "{G}{X}{N}，{A}。{Q}！{E}。{C}",
+        "{Q}。{N}{s}{A}{s}{E}。{X}{C}",
+        "{G}{A}{s}{N}。{Q}！{X}{E}。",
+        "{G}{E}{s}{N}。{X}{Q}。{A}。{C}",
+        "{N}{s}{E}。{Q}。{A}。{X}{C}",
+        "{G}{N}{s}{A}。\n{Q}。\n{E}",
+        "{G}{X}{N}{s}{A}。{Q}！{E}。{C}",
         "{G}{A}。{E}。{N}。{X}{Q}？",
+        "{G}{X}{Q}。\n{A}{s}{E}{s}{N}",
+        "{E}{s}{A}{s}{N}。{Q}！{X}{C}",
     ),
+    separators=("，", "；", "、", " ", "，\n"),
     greetings=("您好！", "你好。", "尊敬的客服：\n", "客服你好！", "领导好。", "打扰了。"),
     closings=("请尽快处理，谢谢。", "希望早日解决！", "盼复。", "麻烦尽快给个答复。"),
-    name_intros=("我叫{}", "本人{}", "联系人：{}", "{}（先生）反映", "姓名{}", "我是业主{}", "投诉人：{}"),
-    address_intros=("住在{}", "家庭住址：{}", "地址是{}", "我家位于{}", "住址{}", "小区地址：{}"),
-    email_intros=("邮箱{}", "电子邮件：{}", "email: {}", "联系邮箱：{}", "邮件请发{}", "E-mail：{}"),
+    name_intros=("我叫{}", "本人{}", "联系人：{}", "{}（先生）反映", "姓名{}", "我是业主{}", "投诉人：{}",
+                 "反映人：{}", "落款 {}", "客户姓名：{}", "{}（业主）", "称呼：{}", "来信人 {}", "户主{}",
+                 "签名：{}", "Name: {}"),
+    address_intros=("住在{}", "家庭住址：{}", "地址是{}", "我家位于{}", "住址{}", "小区地址：{}", "通讯地址：{}",
+                    "居住在{}", "我住{}", "收件地址：{}", "家在{}", "户籍地址 {}", "位置：{}", "Address: {}"),
+    email_intros=("邮箱{}", "电子邮件：{}", "email: {}", "联系邮箱：{}", "邮件请发{}", "E-mail：{}", "邮箱地址：{}",
+                  "可以发邮件到{}", "电子信箱 {}", "回信请寄{}", "邮箱号：{}", "联系方式（邮箱）{}", "MAIL：{}"),
     topics=(
         ("宽带", ("家里宽带最近一周每天晚上都断网", "宽带测速只有十几兆远低于办理的三百兆套餐",
                 "宽带师傅预约了三次都没有上门安装", "光猫的光信号灯一直闪红色无法上网",
-                "宽带到期后没有通知就被自动续费了")),
+                "宽带到期后没有通知就被自动续费了", "我家的宽带账号被别人盗用了")),
         ("手机信号", ("小区里手机信号特别差经常打不通电话", "家里4G信号只有一格连视频都看不了",
-                  "地下室完全没有手机信号", "最近打电话经常自动掉线", "手机在室内一直显示无服务")),
+                  "地下室完全没有手机信号", "最近打电话经常自动掉线", "手机在室内一直显示无服务", "我们小区的基站拆了以后信号一直很差")),
         ("话费账单", ("本月话费账单里多扣了二十元的增值业务费", "我没有订购任何会员却每月被扣费",
                   "话费明细里出现了我从没拨打过的长途电话", "套餐降档申请提交了一个月还没生效",
-                  "缴费后余额一直没有到账")),
+                  "缴费后余额一直没有到账", "我的话费余额莫名其妙少了五十元")),
         ("水压", ("家里水压太低了楼上几乎放不出水", "每天早上用水高峰时水龙头只有细细一股水",
                 "热水器因为水压不足根本打不着火", "高层住户经常没水可用",
-                "二次供水泵房的水泵坏了好几天没人修")),
+                "二次供水泵房的水泵坏了好几天没人修", "我们楼的水压一到晚上就上不去")),
         ("水质", ("自来水放出来是黄色的还有一股铁锈味", "水里有很多白色的悬浮物",
                 "烧开水后壶底结了厚厚一层水垢", "自来水有很重的消毒水味道",
-                "水表走得特别快这个月水费翻了一倍")),
+                "水表走得特别快这个月水费翻了一倍", "我家的自来水有一股很重的泥腥味")),
         ("电压电费", ("家里电压不稳灯泡一直忽明忽暗", "晚上电压太低空调启动不了",
                   "电压波动烧坏了我家的冰箱", "电表读数和实际用电量对不上",
-                  "电费账单突然比上个月高出三倍")),
+                  "电费账单突然比上个月高出三倍", "我们单元的电表箱经常冒火花")),
         ("燃气计费", ("燃气表显示的读数比实际用量多很多", "燃气卡充值后表里没有到账",
                   "抄表员从来不上门全是估抄", "燃气预存款被莫名其妙扣光了",
-                  "燃气灶点火后火苗很小一直是黄色的")),
+                  "燃气灶点火后火苗很小一直是黄色的", "我的燃气账户被多收了一个月的费用")),
         ("物业保洁", ("楼道里的垃圾好几天没人清理", "物业费每年都涨服务却越来越差",
                   "小区绿化带被人私自种菜物业不管", "楼道的声控灯坏了半个月没人修",
-                  "物业保安晚上经常不在岗")),
+                  "物业保安晚上经常不在岗", "我们楼下的垃圾桶满了也没人清")),
     ),
     noise_mid=("联系电话{phone}。", "工单号：GD{num}。", "{y}年{m}月{d}日已经打过客服热线。",
-               "麻烦您了。", "订单号{num}。", "我已经反映过好多次了！"),
+               "麻烦您了。", "订单号{num}。", "我已经反映过好多次了！",
+               "真是太让人失望了！", "这已经不是第一次了。", "备用手机{phone}。"),
     noise_tail=("——来自掌上营业厅客户端", "[自动回复]", "以上。", "！！！",
                 "\n--\n发自我的iPhone", "#%&*", "【转发】"),
 )
@@ -196,6 +206,7 @@ def _record(pool: Pool, fake: Faker, rng: random.Random) -> tuple[str, dict[str,
         "Q": output["question"],
         "X": _noise(_maybe(rng, pool.noise_mid, 0.6), fake, rng),
         "C": _maybe(rng, pool.closings, 0.5),
+        "s": rng.choice(pool.separators),
     }
     text = rng.choice(pool.skeletons).format(**slots) + _noise(_maybe(rng, pool.noise_tail, 0.5), fake, rng)
     return text.strip(), output
@@ -214,18 +225,22 @@ def _split(prefix: str, n: int, pool: Pool, fake: Faker, rng: random.Random,
     return records
 
 
+def _sources(seed: int, split: str) -> tuple[Faker, random.Random]:
+    """Faker and random generator of one split: the test split does not change when the train pool does."""
+    fake = Faker("zh_CN")
+    fake.seed_instance(f"{seed}-{split}")
+    return fake, random.Random(f"{seed}-{split}")
+
+
 def generate_complaints(n_train: int = 320, n_test: int = 100, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """Generate ``(train, test)`` complaint records, deterministically for ``seed``.
 
     Records are ``{"id", "input", "output": {name, address, email, question}}``;
     test records use templates, topics and noise disjoint from the train ones.
     """
-    fake = Faker("zh_CN")
-    fake.seed_instance(seed)
-    rng = random.Random(seed)
     seen: set[str] = set()
-    train = _split("train", n_train, TRAIN_POOL, fake, rng, seen)
-    test = _split("test", n_test, TEST_POOL, fake, rng, seen)
+    test = _split("test", n_test, TEST_POOL, *_sources(seed, "test"), seen)
+    train = _split("train", n_train, TRAIN_POOL, *_sources(seed, "train"), seen)
     return train, test
 
 
