@@ -2,7 +2,7 @@
 
 Same fine-tuned model, same held-out records, same prompts, one process:
   (a) the seed loop: one prompt at a time, generate(max_length=2500, do_sample=True, top_k=1)
-  (b) smalltune predict, unconstrained (length-sorted batches, left padding, greedy, stop at end of turn)
+  (b) smalltune predict, unconstrained (adapter merged, length-sorted batches, left padding, greedy, stop at end of turn)
   (c) smalltune predict, constrained to the task's JSON with grounded values (the default)
 Row (d), the vLLM engine, runs in its own environment: benchmarks/predict_vllm.py.
 
@@ -53,9 +53,14 @@ def variant(engine: Engine, constrained: bool) -> Engine:
     return Engine(engine.model, engine.tokenizer, config)
 
 
+def quality(engine: Engine, records: list[Record], texts: list[str]) -> dict[str, float]:
+    """The task's metrics of answers to records (texts in the same order)."""
+    return engine.task.score([engine.task.parse(t, r) for t, r in zip(texts, records)], records)
+
+
 def row(name: str, engine: Engine, records: list[Record], generation: Generation) -> dict:
     """Speed and quality of one system's answers."""
-    metrics = engine.task.score([engine.task.parse(t, r) for t, r in zip(generation.texts, records)], records)
+    metrics = quality(engine, records, generation.texts)
     return {
         "system": name,
         "records_per_s": len(records) / generation.seconds,
@@ -76,22 +81,29 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
 
-    engine = Engine.from_run(args.run_dir)
+    engine = Engine.from_run(args.run_dir)  # the adapter attached, as the seed recipe loads it
     records = load_splits(engine.config.data, check=engine.task.check).test[: args.records]
     few = records[: args.seed_records]
     rows = [row(f"(a) seed loop ({len(few)} records)", engine, few, seed_loop(engine, few))]
+    engine.merged()  # as `smalltune predict` answers (infer.merge_adapter)
     for name, constrained in (("(b) predict", False), ("(c) predict, constrained", True)):
         fast = variant(engine, constrained)
-        rows.append(row(name, fast, records, fast.generate(records)))
+        generation = fast.generate(records)
+        rows.append(row(name, fast, records, generation))
+        rows[-1]["field_exact_seed_records"] = quality(fast, few, generation.texts[: len(few)])["field_exact"]
+    rows[0]["field_exact_seed_records"] = rows[0]["field_exact"]
     base = rows[0]["records_per_s"]
 
     table = Table(title=f"batch inference, {len(records)} held-out records, {args.run_dir}")
-    for column in ("system", "records/s", "x seed", "tokens/s", "valid JSON", "field exact", "record exact", "seconds"):
+    columns = ("system", "records/s", "x seed", "tokens/s", "valid JSON", "field exact", "record exact",
+               f"field exact, first {len(few)}", "seconds")
+    for column in columns:
         table.add_column(column, justify="left" if column == "system" else "right")
     for r in rows:
         table.add_row(r["system"], f"{r['records_per_s']:.2f}", f"{r['records_per_s'] / base:.1f}x", f"{r['tokens_per_s']:.1f}",
-                      f"{r['json_valid']:.3f}", f"{r['field_exact']:.3f}", f"{r['record_exact']:.3f}", f"{r['seconds']:.0f}")
-    Console().print(table)
+                      f"{r['json_valid']:.3f}", f"{r['field_exact']:.3f}", f"{r['record_exact']:.3f}", f"{r['field_exact_seed_records']:.3f}",
+                      f"{r['seconds']:.0f}")
+    Console(width=160).print(table)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
 

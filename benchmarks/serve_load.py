@@ -106,7 +106,7 @@ async def run_level(url: str, requests: list[tuple[str, dict]], concurrency: int
         for task in pending:
             task.cancel()
         if pending:
-            result.statuses["unfinished"] += len(pending)
+            result.statuses["client gave up"] += len(pending)
         result.seconds = time.perf_counter() - started
     return result
 
@@ -145,7 +145,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="time per concurrency level")
     parser.add_argument("--levels", default="1,8,32", help="concurrency levels; one above the queue limit is added")
     parser.add_argument("--max-queue", type=int, default=64, help="the server's --max-queue")
-    parser.add_argument("--grace", type=float, default=60.0, help="seconds a level waits for its last answers")
+    parser.add_argument("--grace", type=float, default=240.0,
+                        help="seconds a level waits for its last answers (long enough to drain a full queue)")
     parser.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
     args = parser.parse_args()
 

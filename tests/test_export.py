@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
+import yaml
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
@@ -74,3 +77,17 @@ def test_export_refuses_a_non_empty_target_and_a_run_without_adapter(run_dir, tm
 
     result = CliRunner().invoke(app, ["export", str(tmp_path), "--merge", "--out", str(tmp_path / "x")])
     assert "no trained adapter" in str(result.exception) and not (tmp_path / "x").exists()
+
+
+def test_predict_engine_folds_the_adapter_in_and_answers_the_same(run_dir, tmp_path):
+    records = [Record(id=str(i), where="test", input=t, output=None) for i, t in enumerate(TEXTS)]
+    attached = Engine.from_run(run_dir)
+    merged = Engine.from_run(run_dir, merge=True)
+    assert isinstance(attached.model, PeftModel) and not isinstance(merged.model, PeftModel)
+    assert merged.generate(records).texts == attached.generate(records).texts
+
+    kept_apart = shutil.copytree(run_dir, tmp_path / "run")
+    config = load_config(kept_apart / "task.yaml")
+    config.infer.merge_adapter = False
+    (kept_apart / "task.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), allow_unicode=True), encoding="utf-8")
+    assert isinstance(Engine.from_run(kept_apart, merge=True).model, PeftModel)  # the task file can keep it apart

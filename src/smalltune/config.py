@@ -105,6 +105,9 @@ class InferSettings(_Strict):
     max_new_tokens: int = 256
     constrained: bool = Field(True, description="decode only valid answers: the declared JSON fields, or one label")
     grounded: bool = Field(True, description="with constrained: extractive field values can only be text from the input")
+    merge_adapter: bool = Field(
+        True, description="predict and serve fold the LoRA weights into the base model (faster; eval keeps them apart)"
+    )
 
 
 class EvalSettings(_Strict):

@@ -95,9 +95,16 @@ class Engine(RecordEngine):
         return cls(model, tokenizer, config)
 
     @classmethod
-    def from_run(cls, run_dir: Path) -> Engine:
-        """The fine-tuned model of a run directory."""
-        return cls.from_config(load_config(Path(run_dir) / "task.yaml"), Path(run_dir) / ADAPTER_DIR)
+    def from_run(cls, run_dir: Path, merge: bool = False) -> Engine:
+        """The fine-tuned model of a run directory; with `merge`, the adapter folded in when infer.merge_adapter says so."""
+        engine = cls.from_config(load_config(Path(run_dir) / "task.yaml"), Path(run_dir) / ADAPTER_DIR)
+        return engine.merged() if merge and engine.config.infer.merge_adapter else engine
+
+    def merged(self) -> Engine:
+        """This engine with its LoRA adapter folded into the base weights: no adapter matmuls per step, no untuned mode."""
+        if isinstance(self.model, PeftModel):
+            self.model = self.model.merge_and_unload()
+        return self
 
     @contextlib.contextmanager
     def untuned(self) -> Iterator[None]:

@@ -24,7 +24,7 @@ def predict_file(
     Invalid input records get an error line each instead of stopping the run. `engine` answers them
     (default: the run's transformers `Engine`; a `vllm_engine.VllmEngine` of the run serves as well).
     """
-    engine = engine or Engine.from_run(run_dir)
+    engine = engine or Engine.from_run(run_dir, merge=True)
     loaded = load_records(Path(input_file), engine.config.data, require_output=False)
     done = {row["id"] for row in read_appended(out)}
     todo = [r for r in loaded.records if r.id not in done]

@@ -435,5 +435,5 @@ def serve(
     settings.api_key()  # fail before the slow model load
     if settings.api_key_env is None and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without an API key: anyone who can reach it can use the model", host)
-    app = create_app(Engine.from_run(Path(run_dir)), settings)
+    app = create_app(Engine.from_run(Path(run_dir), merge=True), settings)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
