@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-setup
 
-.PHONY: setup demo test test-slow clean setup-vllm test-vllm
+.PHONY: setup demo test test-slow clean setup-vllm test-vllm setup-seed
 
 # make setup-vllm / test-vllm: the vLLM engine in a venv of its own, beside .venv
 VLLM_VENV ?= .venv-vllm
@@ -55,5 +55,16 @@ setup-vllm: $(VLLM_STAMP)
 test-vllm: setup-vllm
 	$(VLLM_BIN)/python -m pytest -q -m 'slow or not slow' tests/test_vllm_engine.py
 
+# make setup-seed: transformers 4 (the last with the slow Python tokenizer the seed recipe used), for
+# `benchmarks/train_speed.py --seed-python .venv-seed/bin/python`; no torch needed
+SEED_VENV ?= .venv-seed
+
+$(SEED_VENV)/.stamp-setup:
+	test -x $(SEED_VENV)/bin/python || $(PY) -m venv $(SEED_VENV)
+	$(SEED_VENV)/bin/pip install -q 'transformers>=4.57,<5' datasets
+	touch $@
+
+setup-seed: $(SEED_VENV)/.stamp-setup
+
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) $(SEED_VENV) runs

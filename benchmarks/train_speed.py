@@ -5,7 +5,8 @@ for the same number of optimizer steps of 4 examples x 4 accumulation steps at l
   (a) seed: the tokenizer called one example at a time in a per-example `datasets.map`, a hand-written Qwen
       chat-template f-string, prompt masked with -100, truncation to 1024 tokens from the end,
       DataCollatorForSeq2Seq(padding=True), gradient checkpointing on, bf16 weights, plain transformers Trainer.
-      (transformers 5 has no slow tokenizer any more, `use_fast=False` is ignored: the loop is the closest.)
+      (transformers 5 has no slow tokenizer any more, `use_fast=False` is ignored: the loop is the closest;
+      --seed-python times the same preparation with transformers 4's slow tokenizer, see seed_recipe.py.)
   (b) smalltune: smalltune.train.build_trainer with its defaults (model template, length-grouped batches,
       logits at answer positions only, gradient checkpointing and bf16 autocast chosen for the machine).
   (c) with --checkpointing-row: (b) with train.gradient_checkpointing: on (less memory, more time).
@@ -15,6 +16,7 @@ tokens/s (real tokens, padding excluded), padding share, peak RSS, wall time and
     python benchmarks/train_speed.py                                        # default model, 16 steps
     python benchmarks/train_speed.py --model smollm2-135m --steps 2 --records 32   # a quick check
     python benchmarks/train_speed.py --checkpointing-row                    # adds (c)
+    make setup-seed && python benchmarks/train_speed.py --seed-python .venv-seed/bin/python   # + the slow tokenizer
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-BATCH, ACCUMULATION, LEARNING_RATE, MAX_LENGTH = 4, 4, 1e-4, 1024
+from seed_recipe import MAX_LENGTH, seed_process_func
+
+BATCH, ACCUMULATION, LEARNING_RATE = 4, 4, 1e-4
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-SEED_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."  # what Qwen2.5's template adds
 
 
 class CountingCollator:
@@ -67,6 +70,37 @@ def task_config(records_file: Path, model: str, out_dir: Path, checkpointing: st
     )
 
 
+def seed_rows(records_file: Path, model: str, out_dir: Path) -> list[dict]:
+    """The same instruction and answer text smalltune trains on, in the seed's instruction/input/output columns."""
+    from smalltune.data import load_splits
+    from smalltune.tasks import build_task
+
+    config = task_config(records_file, model, out_dir)
+    task = build_task(config)
+    return [{"instruction": task.default_instruction(r) + "\n\n", "input": r.input, "output": task.answer(r)}
+            for r in load_splits(config.data).train]
+
+
+def slow_tokenizer_prep(seed_python: Path, records_file: Path, model: str, out_dir: Path) -> dict:
+    """The seed's preparation with transformers 4's slow tokenizer (in `seed_python`), and whether its ids equal
+    the fast tokenizer's for every example."""
+    from transformers import AutoTokenizer
+
+    from smalltune.models import resolve_model
+
+    rows = seed_rows(records_file, model, out_dir)
+    rows_file, result_file = out_dir / "seed_rows.jsonl", out_dir / "seed_slow.json"
+    rows_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    model_dir = resolve_model(model)
+    subprocess.run([str(seed_python), str(Path(__file__).with_name("seed_recipe.py")), str(model_dir),
+                    str(rows_file), str(result_file)], check=True)
+    result = json.loads(result_file.read_text(encoding="utf-8"))
+    fast = seed_process_func(AutoTokenizer.from_pretrained(model_dir), MAX_LENGTH)
+    same = sum(fast(row)["input_ids"] == ids for row, ids in zip(rows, result["input_ids"]))
+    return {"tokenizer": result["tokenizer"], "examples_per_s": result["examples_per_s"],
+            "same_ids": f"{same}/{len(rows)}"}
+
+
 def run_seed(records_file: Path, model: str, steps: int, out_dir: Path) -> dict:
     """Recipe (a), written the way the seed tutorials write it."""
     import torch
@@ -75,29 +109,11 @@ def run_seed(records_file: Path, model: str, steps: int, out_dir: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from smalltune.models import resolve_model
-    from smalltune.tasks import build_task
-    from smalltune.data import load_splits
 
-    config = task_config(records_file, model, out_dir)
-    task = build_task(config)
-    records = load_splits(config.data).train
-    # the same instruction and answer text smalltune trains on, in the seed's instruction/input/output columns
-    rows = [{"instruction": task.default_instruction(r) + "\n\n", "input": r.input, "output": task.answer(r)}
-            for r in records]
+    rows = seed_rows(records_file, model, out_dir)
     model_dir = resolve_model(model)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, use_fast=False)
-
-    def process_func(example):
-        instruction = tokenizer(
-            f"<|im_start|>system\n{SEED_SYSTEM}<|im_end|>\n<|im_start|>user\n{example['instruction'] + example['input']}"
-            "<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
-        response = tokenizer(f"{example['output']}", add_special_tokens=False)
-        input_ids = instruction["input_ids"] + response["input_ids"] + [tokenizer.pad_token_id]
-        attention_mask = instruction["attention_mask"] + response["attention_mask"] + [1]
-        labels = [-100] * len(instruction["input_ids"]) + response["input_ids"] + [tokenizer.pad_token_id]
-        if len(input_ids) > MAX_LENGTH:
-            input_ids, attention_mask, labels = input_ids[:MAX_LENGTH], attention_mask[:MAX_LENGTH], labels[:MAX_LENGTH]
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, use_fast=False)  # transformers 5: the fast one all the same
+    process_func = seed_process_func(tokenizer, MAX_LENGTH)
 
     started = time.perf_counter()
     raw = Dataset.from_list(rows)
@@ -207,6 +223,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=256, help="synthetic complaint records")
     parser.add_argument("--checkpointing-row", action="store_true",
                         help="also run (c): smalltune with gradient checkpointing on (less memory, slower)")
+    parser.add_argument("--seed-python", type=Path,
+                        help="a Python with transformers 4 (make setup-seed: .venv-seed/bin/python): also time (a)'s "
+                        "preparation with the seeds' slow tokenizer (Qwen2 models)")
     parser.add_argument("--recipe", choices=list(RECIPES), help=argparse.SUPPRESS)
     parser.add_argument("--records-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -227,9 +246,15 @@ def main() -> None:
         records_file = out_dir / "train.jsonl"
         records_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         recipes = list(RECIPES) if args.checkpointing_row else ["seed", "smalltune"]
+        slow = args.seed_python and slow_tokenizer_prep(args.seed_python, records_file, args.model, out_dir)
         results = {name: run_child(name, records_file, args.model, args.steps, out_dir) for name in recipes}
     print_table(results, f"LoRA training on {args.model}: {args.records} records, {args.steps} optimizer steps "
                                  f"of {BATCH}x{ACCUMULATION} examples")
+    if slow:
+        ours = results["smalltune"]["prep_examples_per_s"]
+        print(f"(a) with the seeds' slow tokenizer, {slow['tokenizer']} of transformers 4: "
+              f"{slow['examples_per_s']:,.1f} examples/s ((b) prepares {ours / slow['examples_per_s']:,.0f}x as fast); "
+              f"token ids equal to the fast tokenizer's for {slow['same_ids']} examples")
 
 
 if __name__ == "__main__":
