@@ -21,7 +21,7 @@ from smalltune.errors import SmalltuneError
 app = typer.Typer(help="Fine-tune a small private model for one narrow task, and run it fast.", no_args_is_help=True)
 data_app = typer.Typer(help="Inspect and convert data files.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get the whole table, not 80 columns
 
 TaskFile = typer.Argument(..., exists=False, help="The task's YAML file.")
 

@@ -141,6 +141,8 @@ def evaluate_run(
             name = few_shot_name(len(shots))
             with prompt_budget(engine, config.model.max_length * (len(shots) + 1)):
                 results[name] = run_system(engine, name, records, on_batch, shots)
+    if config.infer.merge_adapter:  # answer as predict and serve will: the adapter folded in (the untuned passes are done)
+        engine = engine.merged()
     results[TUNED] = run_system(engine, TUNED, records, on_batch)
     save_results(run_dir, config, task, records, results, shots)
     write_report(run_dir)
