@@ -91,3 +91,30 @@ def test_predict_engine_folds_the_adapter_in_and_answers_the_same(run_dir, tmp_p
     config.infer.merge_adapter = False
     (kept_apart / "task.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), allow_unicode=True), encoding="utf-8")
     assert isinstance(Engine.from_run(kept_apart, merge=True).model, PeftModel)  # the task file can keep it apart
+
+
+def repeated_tokens(tokenizer, texts: list[str]) -> int:
+    """How many tokens of the answers repeat an earlier token of the same answer."""
+    return sum(len(ids) - len(set(ids)) for ids in (tokenizer.encode(t) for t in texts))
+
+
+def test_repetition_penalty_breaks_greedy_loops_and_travels_with_the_merged_export(tmp_path, tiny_qwen3_dir):
+    run = make_run_dir(tmp_path, tiny_qwen3_dir, kind="chat", infer={"max_new_tokens": 24, "repetition_penalty": 1.5})
+    records = [Record(id=str(i), where="test", input=t, output=None) for i, t in enumerate(TEXTS)]
+    engine = Engine.from_run(run)
+    penalised = engine.generate(records).texts
+    engine.config.infer.repetition_penalty = 1.0
+    plain = engine.generate(records).texts
+    assert repeated_tokens(engine.tokenizer, penalised) < repeated_tokens(engine.tokenizer, plain)
+
+    out = tmp_path / "merged"
+    assert CliRunner().invoke(app, ["export", str(run), "--merge", "--out", str(out)]).exit_code == 0
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.generation_config.repetition_penalty == 1.5  # plain transformers and vLLM read it from there
+    config = load_config(out / "task.yaml")
+    task = build_task(config)
+    for record, want in zip(records, penalised):
+        ids = prompt_ids(tokenizer, task, record, config.model.max_length, config.model.enable_thinking)[0]
+        output = model.generate(torch.tensor([ids]), max_new_tokens=config.infer.max_new_tokens)
+        assert tokenizer.decode(output[0, len(ids):], skip_special_tokens=True) == want

@@ -105,6 +105,10 @@ class InferSettings(_Strict):
     max_new_tokens: int = 256
     constrained: bool = Field(True, description="decode only valid answers: the declared JSON fields, or one label")
     grounded: bool = Field(True, description="with constrained: extractive field values can only be text from the input")
+    repetition_penalty: float = Field(
+        1.0, gt=0, description="above 1 makes tokens already in the prompt or the answer less likely (chat: 1.1 breaks "
+        "greedy loops such as 臣妾不敢，臣妾不敢，…); 1 = plain greedy, which extraction wants",
+    )
     merge_adapter: bool = Field(
         True, description="predict and serve fold the LoRA weights into the base model (faster; eval keeps them apart)"
     )

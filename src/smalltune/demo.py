@@ -146,7 +146,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe("policy-pages", "policy page text -> title, date, body",
                lambda out, n, m, _: write_pages(out, n, m), 80, 32, 23, False),
         Recipe("news-classify", "TNEWS headline -> one of its candidates",
-               write_news, 600, 200, 14, False),
+               write_news, 600, 200, 15, True),
         Recipe("role-play", "a line to 甄嬛 -> her reply", write_role_play, 600, 100, 20, False),
     )
 }

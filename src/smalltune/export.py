@@ -65,11 +65,17 @@ def _saved_dtype(model_path: str) -> torch.dtype:
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype or torch.float32
 
 
-def _greedy_generation_config(base: GenerationConfig, stop_ids: list[int], pad_id: int | None) -> GenerationConfig:
-    """The base's settings made greedy, stopping at every end-of-turn id the engine stops at."""
-    sampling = {"do_sample", "temperature", "top_p", "top_k", "min_p", "typical_p", "transformers_version"}
+def _greedy_generation_config(
+    base: GenerationConfig, stop_ids: list[int], pad_id: int | None, repetition_penalty: float
+) -> GenerationConfig:
+    """The base's settings made greedy with the run's repetition penalty, stopping at every end-of-turn id the
+    engine stops at."""
+    sampling = {"do_sample", "temperature", "top_p", "top_k", "min_p", "typical_p", "repetition_penalty",
+                "transformers_version"}
     settings = {k: v for k, v in base.to_diff_dict().items() if k not in sampling and not k.startswith("_")}
     settings.update(do_sample=False, eos_token_id=stop_ids, pad_token_id=pad_id)
+    if repetition_penalty != 1.0:
+        settings["repetition_penalty"] = repetition_penalty
     return GenerationConfig(**settings)
 
 
@@ -86,7 +92,7 @@ def export_merged(run_dir: Path, out_dir: Path) -> Path:
     tuned = PeftModel.from_pretrained(load_model(base_path, torch.float32), str(adapter))
     merged = tuned.merge_and_unload().to(_saved_dtype(base_path))
     merged.generation_config = _greedy_generation_config(
-        merged.generation_config, end_of_turn_ids(tokenizer), tokenizer.pad_token_id
+        merged.generation_config, end_of_turn_ids(tokenizer), tokenizer.pad_token_id, config.infer.repetition_penalty
     )
 
     def fill(folder: Path) -> None:

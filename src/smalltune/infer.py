@@ -126,6 +126,7 @@ class Engine(RecordEngine):
             attention_mask=mask,
             max_new_tokens=self.config.infer.max_new_tokens,
             do_sample=False,
+            repetition_penalty=self.config.infer.repetition_penalty,
             eos_token_id=self.stop_ids,
             pad_token_id=pad,
             logits_processor=[logits_processor(grammars)] if grammars else None,

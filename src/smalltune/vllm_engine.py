@@ -205,6 +205,7 @@ class VllmEngine(RecordEngine):
         return SamplingParams(
             temperature=0.0,
             max_tokens=self.config.infer.max_new_tokens,
+            repetition_penalty=self.config.infer.repetition_penalty,
             stop_token_ids=self.stop_ids,
             structured_outputs=StructuredOutputsParams(grammar=grammar) if grammar else None,
             detokenize=False,  # the answers are decoded below by the tokenizer the transformers engine uses
