@@ -144,10 +144,10 @@ RECIPES: dict[str, Recipe] = {
         Recipe("complaints", "complaint -> name, address, email, question",
                lambda out, n, m, _: write_complaints(out, n, m), 320, 100, 19, False),
         Recipe("policy-pages", "policy page text -> title, date, body",
-               lambda out, n, m, _: write_pages(out, n, m), 80, 32, 23, False),
+               lambda out, n, m, _: write_pages(out, n, m), 80, 32, 21, True),
         Recipe("news-classify", "TNEWS headline -> one of its candidates",
                write_news, 600, 200, 15, True),
-        Recipe("role-play", "a line to 甄嬛 -> her reply", write_role_play, 600, 100, 20, False),
+        Recipe("role-play", "a line to 甄嬛 -> her reply", write_role_play, 600, 100, 17, True),
     )
 }
 
