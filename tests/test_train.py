@@ -64,6 +64,11 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, tiny_qwen3_dir):
     assert [e["step"] for e in logged if "loss" in e] == [1, 2, 3, 4]  # steps 1-2 ran once, before the "crash"
     assert (config.run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
+    train(config)  # a new run in the same directory: its log and checkpoints are its own
+    logged = [json.loads(line) for line in (config.run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in logged if "loss" in e] == [1, 2, 3, 4]
+    assert sorted(p.name for p in (config.run_dir / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
 
 def test_a_training_file_with_no_valid_record_is_a_clear_error(tmp_path, tiny_qwen3_dir):
     from smalltune.errors import DataError

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -282,8 +283,26 @@ def save_run(trainer: SFTTrainer, run_dir: Path, seconds: float) -> None:
     )
 
 
+def _clear_previous_run(run_dir: Path) -> None:
+    """A new run in a used run directory replaces the last one's checkpoints and log (it would append to them)."""
+    previous = [path for path in (run_dir / "checkpoints", run_dir / "train_log.jsonl") if path.exists()]
+    if previous:
+        log.warning("%s holds an earlier run: starting afresh (`train --resume` continues it instead)", run_dir)
+    for path in previous:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def train(config: TaskConfig, resume: bool = False) -> Path:
-    """Fine-tune the task's model with LoRA; returns the run directory."""
+    """Fine-tune the task's model with LoRA; returns the run directory.
+
+    With `resume` it continues from the run directory's last checkpoint; without, an earlier run's checkpoints
+    and log there are replaced.
+    """
+    if not resume and is_main_process():
+        _clear_previous_run(config.run_dir)
     trainer = build_trainer(config)
     checkpoints = list((config.run_dir / "checkpoints").glob("checkpoint-*"))
     started = time.time()
