@@ -142,7 +142,7 @@ RECIPES: dict[str, Recipe] = {
     recipe.name: recipe
     for recipe in (
         Recipe("complaints", "complaint -> name, address, email, question",
-               lambda out, n, m, _: write_complaints(out, n, m), 320, 100, 19, False),
+               lambda out, n, m, _: write_complaints(out, n, m), 320, 100, 19, True),
         Recipe("policy-pages", "policy page text -> title, date, body",
                lambda out, n, m, _: write_pages(out, n, m), 80, 32, 21, True),
         Recipe("news-classify", "TNEWS headline -> one of its candidates",
