@@ -102,3 +102,15 @@ def test_asking_for_liger_kernels_without_a_gpu_is_a_clear_error(tmp_path, tiny_
     config = tiny_config(tmp_path, tiny_qwen3_dir, liger_kernel="on")
     with pytest.raises(ConfigError, match="train.liger_kernel: 'on' needs a CUDA GPU"):
         sft_config(config, torch.float32, has_validation=False)
+
+
+def test_automatic_checkpointing_is_planned_at_the_longest_example_not_at_max_length(tmp_path, tiny_qwen3_dir):
+    from smalltune.plan import Settings, estimate, task_architecture
+
+    config = tiny_config(tmp_path, tiny_qwen3_dir)
+    arch = task_architecture(config)
+    # a max_length whose plan would not fit half of any machine's RAM, for examples of a few hundred tokens
+    config.model.max_length = 10**8
+    assert estimate(arch, Settings.of(config)).total(checkpointing=False) > 2**50
+    assert sft_config(config, torch.float32, has_validation=False).gradient_checkpointing
+    assert not sft_config(config, torch.float32, has_validation=False, longest=300).gradient_checkpointing

@@ -6,6 +6,7 @@ LoRA through peft, the loop through TRL's SFTTrainer on pre-tokenised prompt/com
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -54,9 +55,10 @@ def _dataset(examples: list[Example]) -> Dataset:
     )
 
 
-def _gradient_checkpointing(config: TaskConfig) -> bool:
+def _gradient_checkpointing(config: TaskConfig, longest: int | None = None) -> bool:
     """'auto': on when the memory plan without it (`smalltune plan`) would fill more than 90% of the GPU, or,
-    without a GPU, half of the RAM (recomputing each layer costs a CPU about a third more time)."""
+    without a GPU, half of the RAM (recomputing each layer costs a CPU about a third more time). The plan is
+    taken at the longest training example (`longest` tokens), the widest batch the run can meet, when known."""
     setting = config.train.gradient_checkpointing
     if setting != "auto":
         return setting == "on"
@@ -64,7 +66,10 @@ def _gradient_checkpointing(config: TaskConfig) -> bool:
         available = 0.9 * torch.cuda.get_device_properties(0).total_memory
     else:
         available = 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return estimate(task_architecture(config), Settings.of(config)).total(checkpointing=False) > available
+    settings = Settings.of(config)
+    if longest is not None:
+        settings = dataclasses.replace(settings, max_length=min(settings.max_length, longest))
+    return estimate(task_architecture(config), settings).total(checkpointing=False) > available
 
 
 def _liger_kernel(setting: str) -> bool:
@@ -161,8 +166,9 @@ def _encode(tokenizer, task, records: list[Record], config: TaskConfig, what: st
     return examples
 
 
-def sft_config(config: TaskConfig, dtype: torch.dtype, has_validation: bool) -> SFTConfig:
-    """TRL settings derived from the task file; every choice is logged by the trainer.
+def sft_config(config: TaskConfig, dtype: torch.dtype, has_validation: bool, longest: int | None = None) -> SFTConfig:
+    """TRL settings derived from the task file (and the longest training example, in tokens, where known);
+    every choice is logged by the trainer.
 
     With a validation split, the model is evaluated (loss and task metrics) at every checkpoint and the
     checkpoint with the best headline metric is the one kept at the end.
@@ -189,7 +195,7 @@ def sft_config(config: TaskConfig, dtype: torch.dtype, has_validation: bool) -> 
         data_seed=t.seed,
         bf16=dtype == torch.bfloat16,
         use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=_gradient_checkpointing(config),
+        gradient_checkpointing=_gradient_checkpointing(config, longest),
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         use_liger_kernel=_liger_kernel(t.liger_kernel),
         ddp_find_unused_parameters=False,  # every LoRA weight is used in each step: skip DDP's extra graph walk
@@ -247,7 +253,7 @@ def build_trainer(config: TaskConfig) -> SFTTrainer:
     lora = config.lora
     trainer = SmalltuneTrainer(
         model=model,
-        args=sft_config(config, dtype, eval_set is not None),
+        args=sft_config(config, dtype, eval_set is not None, max(len(ids) for ids in train_set["input_ids"])),
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
