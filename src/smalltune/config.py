@@ -110,7 +110,7 @@ class InferSettings(_Strict):
         "greedy loops such as 臣妾不敢，臣妾不敢，…); 1 = plain greedy, which extraction wants",
     )
     merge_adapter: bool = Field(
-        True, description="predict and serve fold the LoRA weights into the base model (faster; eval keeps them apart)"
+        True, description="predict, serve and eval's fine-tuned pass fold the LoRA weights into the base model (faster)"
     )
 
 
