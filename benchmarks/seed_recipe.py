@@ -49,11 +49,12 @@ def slow_qwen2_tokenizer(model_dir: Path):
     from transformers import AddedToken, Qwen2Tokenizer
 
     spec = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
-    files = Path(tempfile.mkdtemp())
-    (files / "vocab.json").write_text(json.dumps(spec["model"]["vocab"], ensure_ascii=False), encoding="utf-8")
     merges = [" ".join(pair) if isinstance(pair, list) else pair for pair in spec["model"]["merges"]]
-    (files / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    tokenizer = Qwen2Tokenizer(str(files / "vocab.json"), str(files / "merges.txt"), pad_token="<|endoftext|>")
+    with tempfile.TemporaryDirectory() as tmp:  # the tokenizer reads both files when it is built
+        vocab_file, merges_file = Path(tmp) / "vocab.json", Path(tmp) / "merges.txt"
+        vocab_file.write_text(json.dumps(spec["model"]["vocab"], ensure_ascii=False), encoding="utf-8")
+        merges_file.write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+        tokenizer = Qwen2Tokenizer(str(vocab_file), str(merges_file), pad_token="<|endoftext|>")
     added = sorted(spec["added_tokens"], key=lambda t: t["id"])
     tokenizer.add_tokens([AddedToken(t["content"], special=t["special"], normalized=False) for t in added])
     wrong = [t["content"] for t in added if tokenizer.convert_tokens_to_ids(t["content"]) != t["id"]]
