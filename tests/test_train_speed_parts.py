@@ -114,3 +114,29 @@ def test_automatic_checkpointing_is_planned_at_the_longest_example_not_at_max_le
     assert estimate(arch, Settings.of(config)).total(checkpointing=False) > 2**50
     assert sft_config(config, torch.float32, has_validation=False).gradient_checkpointing
     assert not sft_config(config, torch.float32, has_validation=False, longest=300).gradient_checkpointing
+
+
+def test_bf16_training_feeds_lora_layers_bf16_and_learns_as_the_float32_cast_does(tmp_path, tiny_qwen3_dir, monkeypatch):
+    import contextlib
+
+    import smalltune.train
+
+    def train_bf16(where) -> tuple[list[float], set[torch.dtype], object]:
+        config = tiny_config(where, tiny_qwen3_dir, gradient_checkpointing="on", logging_steps=1)
+        config.model.dtype = "bfloat16"
+        trainer = build_trainer(config)
+        trainer.args.max_steps = 3
+        lora_a = next(m for n, m in trainer.model.named_modules() if n.endswith("q_proj.lora_A.default"))
+        seen = set()
+        lora_a.register_forward_pre_hook(lambda module, args: seen.add(args[0].dtype))
+        trainer.train()  # with checkpointing on, the backward's recomputation also runs in the step
+        return [h["loss"] for h in trainer.state.log_history if "loss" in h], seen, trainer
+
+    losses, seen, trainer = train_bf16(tmp_path / "uncast")
+    assert seen == {torch.bfloat16}
+    assert all(m.cast_input_dtype_enabled for m in trainer.model.modules() if hasattr(m, "cast_input_dtype_enabled"))
+
+    monkeypatch.setattr(smalltune.train, "disable_input_dtype_casting", lambda model, active: contextlib.nullcontext())
+    cast_losses, cast_seen, _ = train_bf16(tmp_path / "cast")
+    assert cast_seen == {torch.float32}
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(cast_losses), rtol=0.02, atol=0.02)

@@ -59,11 +59,14 @@ class ModelConfig(_Strict):
 
 
 class LoraSettings(_Strict):
-    """LoRA adapter settings (defaults: the seed recipe's)."""
+    """LoRA adapter settings (rank, alpha and targets: the seed recipe's)."""
 
     r: int = 8
     alpha: int = 32
-    dropout: float = 0.1
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="0 (as Unsloth and LLaMA-Factory default): the seeds' 0.1 draws a random mask "
+        "over every LoRA input and cost a third of the training speed on CPU",
+    )
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
