@@ -1,14 +1,16 @@
 """Training benchmark: the seed recipe against smalltune's defaults, same model, data and optimizer steps.
 
-Both fine-tune LoRA (r=8, alpha=32, dropout=0.1 on the 7 projections) on the same synthetic complaint records
-for the same number of optimizer steps of 4 examples x 4 accumulation steps at learning rate 1e-4:
+Both fine-tune LoRA (r=8, alpha=32 on the 7 projections) on the same synthetic complaint records for the same
+number of optimizer steps of 4 examples x 4 accumulation steps at learning rate 1e-4:
   (a) seed: the tokenizer called one example at a time in a per-example `datasets.map`, a hand-written Qwen
       chat-template f-string, prompt masked with -100, truncation to 1024 tokens from the end,
-      DataCollatorForSeq2Seq(padding=True), gradient checkpointing on, bf16 weights, plain transformers Trainer.
+      DataCollatorForSeq2Seq(padding=True), LoRA dropout 0.1, gradient checkpointing on, bf16 weights, plain
+      transformers Trainer.
       (transformers 5 has no slow tokenizer any more, `use_fast=False` is ignored: the loop is the closest;
       --seed-python times the same preparation with transformers 4's slow tokenizer, see seed_recipe.py.)
-  (b) smalltune: smalltune.train.build_trainer with its defaults (model template, length-grouped batches,
-      logits at answer positions only, gradient checkpointing and bf16 autocast chosen for the machine).
+  (b) smalltune: smalltune.train.build_trainer with its defaults (model template, batched tokenisation,
+      length-grouped batches, logits at answer positions only, LoRA dropout 0, gradient checkpointing and bf16
+      autocast chosen for the machine, LoRA inputs left in bf16).
   (c) with --checkpointing-row: (b) with train.gradient_checkpointing: on (less memory, more time).
 Each runs in its own process, so that its peak RSS is its own. Printed: data preparation examples/s, training
 tokens/s (real tokens, padding excluded), padding share, peak RSS, wall time and final training loss.
@@ -153,7 +155,19 @@ def run_smalltune(records_file: Path, model: str, steps: int, out_dir: Path, che
     trainer.args.max_steps = steps
     trainer.args.disable_tqdm = True
     collator = trainer.data_collator = CountingCollator(trainer.data_collator)
-    return _train_and_measure(trainer, collator, len(records), prep_seconds)
+    return {**_train_and_measure(trainer, collator, len(records), prep_seconds),
+            "tokenizer_examples_per_s": tokenizer_ceiling(tokenizer, task, records)}
+
+
+def tokenizer_ceiling(tokenizer, task, records) -> float:
+    """Examples/s of the fast tokenizer alone, one batch call over the finished texts (prompt + answer + end of
+    turn, rendered beforehand): the most that any preparation which tokenizes can reach on this machine."""
+    from smalltune.formatting import end_of_turn, render_prompt
+
+    texts = [render_prompt(tokenizer, task.messages(r), False) + task.answer(r) + end_of_turn(tokenizer) for r in records]
+    started = time.perf_counter()
+    tokenizer(texts, add_special_tokens=False)
+    return len(texts) / (time.perf_counter() - started)
 
 
 def _train_and_measure(trainer, collator: CountingCollator, examples: int, prep_seconds: float) -> dict:
@@ -250,10 +264,14 @@ def main() -> None:
         results = {name: run_child(name, records_file, args.model, args.steps, out_dir) for name in recipes}
     print_table(results, f"LoRA training on {args.model}: {args.records} records, {args.steps} optimizer steps "
                                  f"of {BATCH}x{ACCUMULATION} examples")
+    ceiling = results["smalltune"]["tokenizer_examples_per_s"]
+    print(f"the fast tokenizer alone, one batch call over (b)'s finished texts: {ceiling:,.0f} examples/s "
+          f"({ceiling / results['seed']['prep_examples_per_s']:,.0f}x (a)), the ceiling of any preparation here")
     if slow:
         ours = results["smalltune"]["prep_examples_per_s"]
         print(f"(a) with the seeds' slow tokenizer, {slow['tokenizer']} of transformers 4: "
-              f"{slow['examples_per_s']:,.1f} examples/s ((b) prepares {ours / slow['examples_per_s']:,.0f}x as fast); "
+              f"{slow['examples_per_s']:,.1f} examples/s ((b) prepares {ours / slow['examples_per_s']:,.0f}x as fast, "
+              f"the tokenizer alone {ceiling / slow['examples_per_s']:,.0f}x); "
               f"token ids equal to the fast tokenizer's for {slow['same_ids']} examples")
 
 

@@ -81,6 +81,15 @@ def test_a_record_whose_answer_cannot_fit_is_reported_with_file_and_line(qwen_to
     assert len(problems) == 1 and problems[0].startswith("data.jsonl:7:") and "max_length" in problems[0]
 
 
+def test_a_batch_encodes_each_record_as_it_is_encoded_alone(qwen_tokenizer):
+    task = extract_task()
+    records = [record(), record("我是李娜，邮箱ln@qq.com。手机信号差。"), record(record().input + "页脚噪声。" * 300)]
+    examples, problems = encode_examples(qwen_tokenizer, task, records, 256, enable_thinking=False)
+    alone = [encode_example(qwen_tokenizer, task, r, 256, enable_thinking=False) for r in records]
+    assert not problems and examples == alone
+    assert [e.truncated for e in examples] == [False, False, True]  # the long one shortened within the batch too
+
+
 def test_render_prompt_ends_where_the_answer_starts(qwen_tokenizer):
     text = render_prompt(qwen_tokenizer, [{"role": "user", "content": "你好"}], enable_thinking=False)
     assert text.endswith("<|im_start|>assistant\n")

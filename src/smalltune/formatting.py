@@ -73,6 +73,34 @@ def with_shots(task: TaskKind, record: Record, shots: Sequence[Record]) -> list[
     return [*head, *solved, *messages[len(head):]]
 
 
+def _token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Token ids of many texts in one call: the fast tokenizer encodes them in parallel, on every core."""
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+
+def _prompt_texts(
+    tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: Sequence[Record], enable_thinking: bool,
+    shots: Sequence[Record] = (),
+) -> list[str]:
+    return [render_prompt(tokenizer, with_shots(task, r, shots), enable_thinking) for r in records]
+
+
+def _fit(
+    tokenizer: PreTrainedTokenizerBase, task: TaskKind, record: Record, ids: list[int], budget: int,
+    enable_thinking: bool, shots: Sequence[Record] = (),
+) -> tuple[list[int], bool]:
+    """The record's prompt ids (`ids`, as first rendered) within `budget`: its input shortened until they fit."""
+    truncated = False
+    for _ in range(5):
+        if len(ids) <= budget or not record.input:
+            break
+        record, truncated = _shortened(tokenizer, record, len(ids) - budget), True
+        ids = _token_ids(tokenizer, _prompt_texts(tokenizer, task, [record], enable_thinking, shots))[0]
+    if len(ids) > budget:
+        raise ValueError(f"the prompt needs more than {budget} tokens even with the input shortened")
+    return ids, truncated
+
+
 def prompt_ids(
     tokenizer: PreTrainedTokenizerBase,
     task: TaskKind,
@@ -86,23 +114,18 @@ def prompt_ids(
     `shots` are solved examples shown before the record (few-shot prompting; training uses none).
     Raises ValueError when the prompt does not fit even with an empty input.
     """
-    truncated = False
-    for _ in range(6):
-        text = render_prompt(tokenizer, with_shots(task, record, shots), enable_thinking)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) <= budget:
-            return ids, truncated
-        if not record.input:
-            break
-        record, truncated = _shortened(tokenizer, record, len(ids) - budget), True
-    raise ValueError(f"the prompt needs more than {budget} tokens even with the input shortened")
+    (ids,) = _token_ids(tokenizer, _prompt_texts(tokenizer, task, [record], enable_thinking, shots))
+    return _fit(tokenizer, task, record, ids, budget, enable_thinking, shots)
 
 
 def prompts_for(
     tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: Sequence[Record], config, shots: Sequence[Record] = ()
 ) -> tuple[list[list[int]], list[bool]]:
-    """Prompt ids of many records within the task's model.max_length, and which inputs were shortened."""
-    built = [prompt_ids(tokenizer, task, r, config.model.max_length, config.model.enable_thinking, shots) for r in records]
+    """Prompt ids of many records within the task's model.max_length (tokenised in one batch), and which inputs
+    were shortened."""
+    thinking, budget = config.model.enable_thinking, config.model.max_length
+    first = _token_ids(tokenizer, _prompt_texts(tokenizer, task, records, thinking, shots))
+    built = [_fit(tokenizer, task, r, ids, budget, thinking, shots) for r, ids in zip(records, first)]
     return [ids for ids, _ in built], [cut for _, cut in built]
 
 
@@ -115,28 +138,46 @@ class Example:
     truncated: bool
 
 
-def encode_example(
-    tokenizer: PreTrainedTokenizerBase, task: TaskKind, record: Record, max_length: int, enable_thinking: bool
+def _answer_and_prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: Sequence[Record], enable_thinking: bool
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Each record's answer + end-of-turn ids and its full prompt's ids, each list tokenised in one batch."""
+    closing = end_of_turn(tokenizer)
+    answers = _token_ids(tokenizer, [task.answer(r) + closing for r in records])
+    return answers, _token_ids(tokenizer, _prompt_texts(tokenizer, task, records, enable_thinking))
+
+
+def _example(
+    tokenizer: PreTrainedTokenizerBase, task: TaskKind, record: Record, completion: list[int], prompt: list[int],
+    max_length: int, enable_thinking: bool,
 ) -> Example:
-    """prompt + answer + end-of-turn, labels on answer and end-of-turn; raises ValueError if the answer cannot fit."""
-    completion = tokenizer(task.answer(record) + end_of_turn(tokenizer), add_special_tokens=False)["input_ids"]
     if not completion:
         raise ValueError("the answer has no tokens to learn")
     budget = max_length - len(completion)
     if budget <= 0:
         raise ValueError(f"the answer alone is {len(completion)} tokens, over max_length {max_length}")
-    prompt, truncated = prompt_ids(tokenizer, task, record, budget, enable_thinking)
+    prompt, truncated = _fit(tokenizer, task, record, prompt, budget, enable_thinking)
     return Example(prompt + completion, [0] * len(prompt) + [1] * len(completion), truncated)
+
+
+def encode_example(
+    tokenizer: PreTrainedTokenizerBase, task: TaskKind, record: Record, max_length: int, enable_thinking: bool
+) -> Example:
+    """prompt + answer + end-of-turn, labels on answer and end-of-turn; raises ValueError if the answer cannot fit."""
+    (completion,), (prompt,) = _answer_and_prompt_ids(tokenizer, task, [record], enable_thinking)
+    return _example(tokenizer, task, record, completion, prompt, max_length, enable_thinking)
 
 
 def encode_examples(
     tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: list[Record], max_length: int, enable_thinking: bool
 ) -> tuple[list[Example], list[str]]:
-    """Encode many records; records that cannot fit are reported as `file:line: why`, not dropped silently."""
+    """Encode many records (tokenised in batches); records that cannot fit are reported as `file:line: why`, not
+    dropped silently."""
     examples, problems = [], []
-    for record in records:
+    completions, prompts = _answer_and_prompt_ids(tokenizer, task, records, enable_thinking)
+    for record, completion, prompt in zip(records, completions, prompts):
         try:
-            examples.append(encode_example(tokenizer, task, record, max_length, enable_thinking))
+            examples.append(_example(tokenizer, task, record, completion, prompt, max_length, enable_thinking))
         except ValueError as exc:
             problems.append(f"{record.where}: {exc} (raise model.max_length)")
     return examples, problems
