@@ -12,12 +12,13 @@ number of optimizer steps of 4 examples x 4 accumulation steps at learning rate 
       length-grouped batches, logits at answer positions only, LoRA dropout 0, gradient checkpointing and bf16
       autocast chosen for the machine, LoRA inputs left in bf16).
   (c) with --checkpointing-row: (b) with train.gradient_checkpointing: on (less memory, more time).
+  (d) with --dropout-row: (b) with the seed's lora.dropout: 0.1 (a regulariser; a random mask over every LoRA input).
 Each runs in its own process, so that its peak RSS is its own. Printed: data preparation examples/s, training
 tokens/s (real tokens, padding excluded), padding share, peak RSS, wall time and final training loss.
 
     python benchmarks/train_speed.py                                        # default model, 16 steps
     python benchmarks/train_speed.py --model smollm2-135m --steps 2 --records 32   # a quick check
-    python benchmarks/train_speed.py --checkpointing-row                    # adds (c)
+    python benchmarks/train_speed.py --checkpointing-row --dropout-row      # adds (c) and (d)
     make setup-seed && python benchmarks/train_speed.py --seed-python .venv-seed/bin/python   # + the slow tokenizer
 """
 
@@ -57,7 +58,7 @@ def final_loss(log_history: list[dict]) -> float:
     return sum(losses[-4:]) / len(losses[-4:])
 
 
-def task_config(records_file: Path, model: str, out_dir: Path, checkpointing: str = "auto"):
+def task_config(records_file: Path, model: str, out_dir: Path, checkpointing: str = "auto", dropout: float | None = None):
     """The complaint extraction task at the benchmark's optimisation settings; everything else smalltune's defaults."""
     from smalltune.config import TaskConfig
     from smalltune.synth.complaints import FIELDS
@@ -66,6 +67,7 @@ def task_config(records_file: Path, model: str, out_dir: Path, checkpointing: st
         name="bench", kind="extract", fields=FIELDS,
         data={"train": records_file, "validation_share": 0, "test_share": 0},
         model={"name": model, "max_length": MAX_LENGTH},
+        lora={} if dropout is None else {"dropout": dropout},
         train={"batch_size": BATCH, "gradient_accumulation": ACCUMULATION, "learning_rate": LEARNING_RATE,
                "logging_steps": 1, "save_steps": 10**6, "report_to": "none", "gradient_checkpointing": checkpointing},
         output_dir=out_dir,
@@ -136,14 +138,16 @@ def run_seed(records_file: Path, model: str, steps: int, out_dir: Path) -> dict:
     return _train_and_measure(trainer, collator, len(rows), prep_seconds)
 
 
-def run_smalltune(records_file: Path, model: str, steps: int, out_dir: Path, checkpointing: str = "auto") -> dict:
-    """Recipe (b): smalltune's own preparation and trainer ((c): with gradient checkpointing on)."""
+def run_smalltune(records_file: Path, model: str, steps: int, out_dir: Path, checkpointing: str = "auto",
+                  dropout: float | None = None) -> dict:
+    """Recipe (b): smalltune's own preparation and trainer ((c): with gradient checkpointing on; (d): with the
+    seed's LoRA dropout)."""
     from smalltune.data import load_splits
     from smalltune.models import load_tokenizer, resolve_model
     from smalltune.tasks import build_task
     from smalltune.train import build_trainer, prepare_dataset
 
-    config = task_config(records_file, model, out_dir, checkpointing)
+    config = task_config(records_file, model, out_dir, checkpointing, dropout)
     task = build_task(config)
     records = load_splits(config.data, check=task.check).train
     tokenizer = load_tokenizer(resolve_model(model))
@@ -199,6 +203,7 @@ RECIPES = {
     "seed": ("(a) seed recipe", run_seed),
     "smalltune": ("(b) smalltune", run_smalltune),
     "smalltune-checkpointing": ("(c) smalltune, checkpointing on", lambda *a: run_smalltune(*a, checkpointing="on")),
+    "smalltune-dropout": ("(d) smalltune, LoRA dropout 0.1", lambda *a: run_smalltune(*a, dropout=0.1)),
 }
 
 
@@ -237,6 +242,8 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=256, help="synthetic complaint records")
     parser.add_argument("--checkpointing-row", action="store_true",
                         help="also run (c): smalltune with gradient checkpointing on (less memory, slower)")
+    parser.add_argument("--dropout-row", action="store_true",
+                        help="also run (d): smalltune with the seed's LoRA dropout 0.1 (its default is 0)")
     parser.add_argument("--seed-python", type=Path,
                         help="a Python with transformers 4 (make setup-seed: .venv-seed/bin/python): also time (a)'s "
                         "preparation with the seeds' slow tokenizer (Qwen2 models)")
@@ -259,7 +266,8 @@ def main() -> None:
         rows, _ = generate_complaints(n_train=args.records, n_test=0, seed=0)
         records_file = out_dir / "train.jsonl"
         records_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        recipes = list(RECIPES) if args.checkpointing_row else ["seed", "smalltune"]
+        recipes = ["seed", "smalltune"] + ["smalltune-checkpointing"] * args.checkpointing_row \
+            + ["smalltune-dropout"] * args.dropout_row
         slow = args.seed_python and slow_tokenizer_prep(args.seed_python, records_file, args.model, out_dir)
         results = {name: run_child(name, records_file, args.model, args.steps, out_dir) for name in recipes}
     print_table(results, f"LoRA training on {args.model}: {args.records} records, {args.steps} optimizer steps "
