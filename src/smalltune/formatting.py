@@ -1,8 +1,9 @@
 """Messages to tokens with the model's own chat template.
 
-`prompt_ids` is the one function that builds a prompt, for training and inference alike. Training
-examples are `prompt_ids + answer + end-of-turn`, with labels on the answer and end-of-turn only.
-When an example is too long, the record's input is shortened; the answer never is.
+One rendering (`render_prompt`) and one shortening rule build every prompt, for training and inference
+alike: `prompt_ids` for one record, `prompts_for` for many. Training examples are prompt + answer +
+end-of-turn, with labels on the answer and end-of-turn only. When an example is too long, the record's input
+is shortened; the answer never is. Many records are tokenised in one call (the fast tokenizer's batch).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The inference engine: the only place that calls `generate`.
 
-Prompts are built by `formatting.prompt_ids` (the function training used), sorted by length and
+Prompts are built by `formatting.prompts_for` (the rendering and shortening training used), sorted by length and
 batched with left padding; decoding is greedy and stops at the template's end-of-turn token.
 """
 

@@ -2,7 +2,7 @@
 
 It has the public surface of `infer.Engine` (`from_run`, `from_config`, `generate`, `generate_ids`,
 `untuned`, `task`, `config`, `tokenizer`) and keeps its promises: vLLM is fed the token ids of
-`formatting.prompt_ids` (the prompt training used), the EBNF grammars of `constrain` (through vLLM's
+`formatting.prompts_for` (the prompts training used), the EBNF grammars of `constrain` (through vLLM's
 structured outputs, xgrammar backend), greedy decoding that stops at the template's end-of-turn token,
 and the run's LoRA adapter served beside the base model, never merged into it.
 
