@@ -16,9 +16,9 @@ def write(tmp_path, text: str):
     return path
 
 
-def test_minimal_file_gets_the_seed_lora_defaults_and_resolves_paths(tmp_path):
+def test_minimal_file_gets_the_default_lora_settings_and_resolves_paths(tmp_path):
     config = load_config(write(tmp_path, "name: c\nkind: extract\nfields: {name: 姓名}\ndata: {train: d/train.jsonl}\n"))
-    assert (config.lora.r, config.lora.alpha, config.lora.dropout) == (8, 32, 0.1)
+    assert (config.lora.r, config.lora.alpha, config.lora.dropout) == (8, 32, 0.0)
     assert "down_proj" in config.lora.target_modules
     assert config.data.train == tmp_path / "d" / "train.jsonl"
     assert config.fields["name"].description == "姓名"
