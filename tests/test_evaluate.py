@@ -199,10 +199,10 @@ def test_swanlab_cloud_without_a_login_is_a_clear_error(tmp_path, monkeypatch):
         tracker_callbacks(cloud, tmp_path)
 
 
-def test_checkpoint_choice_prefers_the_better_metric_then_the_lower_loss():
+def test_checkpoint_choice_prefers_the_better_metric_then_the_later_checkpoint():
     from smalltune.tracking import checkpoint_score
 
     # a validation set answered perfectly early on must not keep the first, barely trained checkpoint
-    assert checkpoint_score(1.0, 0.0003) > checkpoint_score(1.0, 0.05)
-    # the loss only breaks ties: one more field right always wins
-    assert checkpoint_score(1.0, 10.0) > checkpoint_score(1.0 - 1 / 128, 0.0)
+    assert checkpoint_score(1.0, 144) > checkpoint_score(1.0, 72)
+    # the step only breaks ties: one more field right in 10,000 wins, even a million steps earlier
+    assert checkpoint_score(1.0, 1) > checkpoint_score(1.0 - 1e-4, 10**6)
