@@ -53,13 +53,15 @@ class _PerToken:
                 + self.kv_dim * arch.kv_dim + self.constant)
 
 
-# Measured per activation width: the layer itself, and what LoRA dropout adds. 16-bit: under autocast, with the
-# LoRA layers fed their 16-bit input as smalltune's training steps do (it is the tensor the base layer keeps
-# anyway); 32-bit: peft's default, each LoRA input cast to the adapter's fp32 before its dropout.
+# Measured per activation width: the layer itself, and what LoRA dropout adds. 16-bit without dropout: under
+# autocast with the LoRA layers fed their 16-bit input, as smalltune's training steps do then (it is the tensor
+# the base layer keeps anyway); with dropout and at 32 bits: peft's default, each LoRA input cast to the
+# adapter's fp32 before its dropout.
 _ACTIVATIONS = {
-    2: (_PerToken(13.1, 8.1, 13.1, 4.3, 5.7), _PerToken(14, 2, 4, 0)),
+    2: (_PerToken(19, 8.4, 10.4, 8.3, 120), _PerToken(20, 4, 4, 0)),
     4: (_PerToken(16, 16, 12.1, 12.1, 232), _PerToken(32, 4, 8, 0)),
 }
+_UNCAST_16_BIT_LAYER = _PerToken(13.1, 8.1, 13.1, 4.3, 5.7)
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,10 @@ def estimate(arch: Architecture, settings: Settings) -> MemoryEstimate:
     """Weights, LoRA weights with gradients and AdamW state, saved activations and the LM head's tiles."""
     tokens = settings.batch_size * settings.max_length
     layer, dropout = _ACTIVATIONS[settings.weight_bytes]
-    per_layer = layer(arch) + (dropout(arch) if settings.lora_dropout > 0 else 0.0)
+    if settings.lora_dropout > 0:
+        per_layer = layer(arch) + dropout(arch)
+    else:
+        per_layer = (_UNCAST_16_BIT_LAYER if settings.weight_bytes == 2 else layer)(arch)
     padding_mask = settings.batch_size * settings.max_length**2  # one boolean attention mask, shared by the layers
     layer_inputs = tokens * arch.hidden * settings.weight_bytes
     return MemoryEstimate(

@@ -81,6 +81,12 @@ def _liger_kernel(setting: str) -> bool:
     return available and setting != "off"
 
 
+def uncast_lora_inputs(config: TaskConfig, dtype: torch.dtype) -> bool:
+    """Whether training steps skip peft's float32 copy of each LoRA input: under bf16 autocast without LoRA
+    dropout, where the copy would only be cast back to bf16."""
+    return dtype == torch.bfloat16 and config.lora.dropout == 0
+
+
 def is_main_process() -> bool:
     """True in a single process and in rank 0 of a torchrun / accelerate launch; only it writes the run directory."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -112,21 +118,24 @@ class SmalltuneTrainer(SFTTrainer):
     PEFT wrappers as usual and the LM head projects the answer positions only. Token accuracy, entropy and
     the token count are logged under TRL's names.
 
-    Under bf16 autocast, training and evaluation steps (forward, backward and any recomputation) feed the LoRA
-    layers their bf16 input as it is: peft would copy it to the adapter's float32 and autocast back to bf16 for
-    the same matmul (about a tenth of a CPU step). Generation outside the steps keeps peft's cast.
+    With `uncast_lora_inputs` (bf16 autocast, no LoRA dropout), training and evaluation steps (forward, backward
+    and any recomputation) feed the LoRA layers their bf16 input as it is: peft would copy it to the adapter's
+    float32 and autocast would copy it straight back to bf16 for the same matmul (about a tenth of a CPU step),
+    the same numbers either way. With dropout the mask is drawn on the float32 copy, as peft does. Generation
+    outside the steps keeps peft's cast.
     """
 
-    def __init__(self, *args, labelled_logits: bool = True, **kwargs):
+    def __init__(self, *args, labelled_logits: bool = True, uncast_lora_inputs: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.labelled_logits = labelled_logits
+        self.uncast_lora_inputs = uncast_lora_inputs
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        with disable_input_dtype_casting(model, active=self.args.bf16):
+        with disable_input_dtype_casting(model, active=self.uncast_lora_inputs):
             return super().training_step(model, inputs, num_items_in_batch)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        with disable_input_dtype_casting(model, active=self.args.bf16):
+        with disable_input_dtype_casting(model, active=self.uncast_lora_inputs):
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -232,8 +241,9 @@ def speed_choices(config: TaskConfig, args: SFTConfig) -> list[str]:
         f"{'logits at labelled positions only' if t.logits == 'labelled' else 'TRL loss'} (train.logits={t.logits})",
         f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'} "
         f"(train.gradient_checkpointing={t.gradient_checkpointing})",
-        f"{'bf16 autocast, LoRA inputs uncast' if args.bf16 else 'no autocast'} (model.dtype={config.model.dtype})",
-        f"LoRA dropout {config.lora.dropout:g} (lora.dropout)",
+        f"{'bf16 autocast' if args.bf16 else 'no autocast'} (model.dtype={config.model.dtype})",
+        f"LoRA dropout {config.lora.dropout:g}"
+        f"{', LoRA inputs left in bf16' if args.bf16 and config.lora.dropout == 0 else ''} (lora.dropout)",
         f"{'length-grouped' if t.group_by_length else 'random'} batches (train.group_by_length={t.group_by_length})",
         f"Liger kernels {'on' if args.use_liger_kernel else 'off'} (train.liger_kernel={t.liger_kernel})",
         f"{args.world_size} process(es), {args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps} "
@@ -277,6 +287,7 @@ def build_trainer(config: TaskConfig) -> SFTTrainer:
         ),
         callbacks=[_JsonLog(run_dir / "train_log.jsonl"), *tracker_callbacks(config, run_dir)],
         labelled_logits=config.train.logits == "labelled",
+        uncast_lora_inputs=uncast_lora_inputs(config, dtype),
     )
     log.info("speed settings: %s", "; ".join(speed_choices(config, trainer.args)))
     if splits.validation:
