@@ -243,7 +243,8 @@ def speed_choices(config: TaskConfig, args: SFTConfig) -> list[str]:
         f"(train.gradient_checkpointing={t.gradient_checkpointing})",
         f"{'bf16 autocast' if args.bf16 else 'no autocast'} (model.dtype={config.model.dtype})",
         f"LoRA dropout {config.lora.dropout:g}"
-        f"{', LoRA inputs left in bf16' if args.bf16 and config.lora.dropout == 0 else ''} (lora.dropout)",
+        f"{', LoRA inputs left in bf16' if uncast_lora_inputs(config, torch.bfloat16 if args.bf16 else torch.float32) else ''}"
+        " (lora.dropout)",
         f"{'length-grouped' if t.group_by_length else 'random'} batches (train.group_by_length={t.group_by_length})",
         f"Liger kernels {'on' if args.use_liger_kernel else 'off'} (train.liger_kernel={t.liger_kernel})",
         f"{args.world_size} process(es), {args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps} "
