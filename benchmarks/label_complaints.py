@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from teacher_server import Script, TeacherServer  # noqa: E402
 
 from smalltune.io import read_appended  # noqa: E402
-from smalltune.label import Outputs  # noqa: E402
-from smalltune.synth.complaints import generate_complaints  # noqa: E402
+from smalltune.labelling.label import Outputs  # noqa: E402
+from smalltune.recipes.synth.complaints import generate_complaints  # noqa: E402
 
 # share of texts -> scripted behaviours of their first requests
 FAULTS = [(0.05, ["429"]), (0.03, ["500", "500"]), (0.02, ["slow"]), (0.05, ["invalid"]), (0.03, ["ungrounded"]),

@@ -24,9 +24,10 @@ from rich.console import Console
 from rich.table import Table
 
 from smalltune.config import TaskConfig
-from smalltune.data import Record, load_splits
+from smalltune.data.records import Record, load_splits
 from smalltune.formatting import prompt_ids
-from smalltune.infer import Engine, Generation
+from smalltune.inference.engine import Generation
+from smalltune.inference.transformers_engine import TransformersEngine as Engine
 
 
 def seed_loop(engine: Engine, records: list[Record]) -> Generation:

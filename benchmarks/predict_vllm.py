@@ -22,9 +22,9 @@ from predict_speed import row
 from rich.console import Console
 from rich.table import Table
 
-from smalltune.data import load_splits
+from smalltune.data.records import load_splits
 from smalltune.io import atomic_write_jsonl
-from smalltune.vllm_engine import VllmEngine
+from smalltune.inference.vllm_engine import VllmEngine
 
 COLUMNS = ("system", "records/s", "x seed", "tokens/s", "valid JSON", "field exact", "record exact", "seconds")
 

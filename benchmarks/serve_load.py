@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from smalltune.config import TaskConfig, load_config
-from smalltune.data import Record, load_splits
+from smalltune.data.records import Record, load_splits
 from smalltune.tasks import build_task
 
 @dataclass

@@ -8,7 +8,7 @@ number of optimizer steps of 4 examples x 4 accumulation steps at learning rate 
       transformers Trainer.
       (transformers 5 has no slow tokenizer any more, `use_fast=False` is ignored: the loop is the closest;
       --seed-python times the same preparation with transformers 4's slow tokenizer, see seed_recipe.py.)
-  (b) smalltune: smalltune.train.build_trainer with its defaults (model template, batched tokenisation,
+  (b) smalltune: smalltune.training.run.build_trainer with its defaults (model template, batched tokenisation,
       length-grouped batches, logits at answer positions only, LoRA dropout 0, gradient checkpointing and bf16
       autocast chosen for the machine, LoRA inputs left in bf16).
   (c) with --checkpointing-row: (b) with train.gradient_checkpointing: on (less memory, more time).
@@ -61,7 +61,7 @@ def final_loss(log_history: list[dict]) -> float:
 def task_config(records_file: Path, model: str, out_dir: Path, checkpointing: str = "auto", dropout: float | None = None):
     """The complaint extraction task at the benchmark's optimisation settings; everything else smalltune's defaults."""
     from smalltune.config import TaskConfig
-    from smalltune.synth.complaints import FIELDS
+    from smalltune.recipes.synth.complaints import FIELDS
 
     return TaskConfig(
         name="bench", kind="extract", fields=FIELDS,
@@ -76,7 +76,7 @@ def task_config(records_file: Path, model: str, out_dir: Path, checkpointing: st
 
 def seed_rows(records_file: Path, model: str, out_dir: Path) -> list[dict]:
     """The same instruction and answer text smalltune trains on, in the seed's instruction/input/output columns."""
-    from smalltune.data import load_splits
+    from smalltune.data.records import load_splits
     from smalltune.tasks import build_task
 
     config = task_config(records_file, model, out_dir)
@@ -142,10 +142,10 @@ def run_smalltune(records_file: Path, model: str, steps: int, out_dir: Path, che
                   dropout: float | None = None) -> dict:
     """Recipe (b): smalltune's own preparation and trainer ((c): with gradient checkpointing on; (d): with the
     seed's LoRA dropout)."""
-    from smalltune.data import load_splits
+    from smalltune.data.records import load_splits
     from smalltune.models import load_tokenizer, resolve_model
     from smalltune.tasks import build_task
-    from smalltune.train import build_trainer, prepare_dataset
+    from smalltune.training.run import build_trainer, prepare_dataset
 
     config = task_config(records_file, model, out_dir, checkpointing, dropout)
     task = build_task(config)
@@ -258,7 +258,7 @@ def main() -> None:
         return
 
     from smalltune.models import resolve_model
-    from smalltune.synth.complaints import generate_complaints
+    from smalltune.recipes.synth.complaints import generate_complaints
 
     resolve_model(args.model)  # convert a packaged GGUF model once, outside the timed children
     with tempfile.TemporaryDirectory() as tmp:

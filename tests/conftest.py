@@ -81,8 +81,8 @@ def make_run_dir(root: Path, model_dir: Path, kind: str = "extract", **settings)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from smalltune.config import TaskConfig, save_config
-    from smalltune.synth.complaints import FIELDS, generate_complaints
-    from smalltune.train import ADAPTER_DIR
+    from smalltune.recipes.synth.complaints import FIELDS, generate_complaints
+    from smalltune.runs import RunDir
 
     rows, _ = generate_complaints(n_train=12, n_test=1, seed=5)
     by_kind = {"extract": {"fields": FIELDS}, "classify": {"labels": ["投诉", "咨询", "表扬"]}, "chat": {"system": "你是客服。"}}
@@ -92,12 +92,13 @@ def make_run_dir(root: Path, model_dir: Path, kind: str = "extract", **settings)
         "model": {"name": str(model_dir), "max_length": 256, "dtype": "float32"},
         "infer": {"batch_size": 4, "max_new_tokens": 8}, "output_dir": root / "runs", **settings,
     })
-    save_config(config, config.run_dir / "task.yaml")
+    run = RunDir.of(config)
+    save_config(config, run.task_file)
     torch.manual_seed(1)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
     tuned = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), lora)
-    tuned.save_pretrained(config.run_dir / ADAPTER_DIR)
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(config.run_dir / ADAPTER_DIR)
+    tuned.save_pretrained(run.adapter)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(run.adapter)
     return config.run_dir
 
 
@@ -109,9 +110,9 @@ def evaluated_tiny_run(tmp_path_factory, tiny_qwen3_dir):
     then evaluated on 3 test records: the rules baseline, the untuned model zero- and 2-shot, the fine-tuned one.
     """
     from smalltune.config import TaskConfig
-    from smalltune.evaluate import evaluate_run
-    from smalltune.synth.complaints import FIELDS, generate_complaints
-    from smalltune.train import train
+    from smalltune.evaluation.evaluate import evaluate_run
+    from smalltune.recipes.synth.complaints import FIELDS, generate_complaints
+    from smalltune.training.run import train
 
     root = tmp_path_factory.mktemp("tiny-run")
     rows, test_rows = generate_complaints(n_train=10, n_test=3, seed=2)

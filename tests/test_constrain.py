@@ -9,10 +9,10 @@ import xgrammar as xgr
 from transformers import AutoModelForCausalLM
 
 from smalltune.config import TaskConfig
-from smalltune.constrain import extract_grammar, substring_automaton
-from smalltune.data import Record
-from smalltune.infer import Engine
-from smalltune.synth.complaints import FIELDS, generate_complaints
+from smalltune.tasks.grammar import extract_grammar, substring_automaton
+from smalltune.data.records import Record
+from smalltune.inference.transformers_engine import TransformersEngine as Engine
+from smalltune.recipes.synth.complaints import FIELDS, generate_complaints
 from smalltune.tasks import build_task
 
 TEXT = '【署名：赵娜】所在地址 四川省婷市兴山李路Z座；电邮："yong\\kong"@yahoo.com\n电梯年检合格证已经过期了。'

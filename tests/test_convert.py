@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from smalltune.cli import app
 from smalltune.config import DataConfig, TaskConfig
-from smalltune.convert import SOURCE_FORMATS, convert_file
-from smalltune.data import load_records
+from smalltune.data.convert import SOURCE_FORMATS, convert_file
+from smalltune.data.records import load_records
 from smalltune.errors import ConfigError, DataError
 from smalltune.tasks import build_task
 from conftest import write_jsonl

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from smalltune.config import DataConfig
-from smalltune.data import Record, find_duplicates, load_records, load_splits, read_rows
+from smalltune.data.readers import read_rows
+from smalltune.data.records import Record, find_duplicates, load_records, load_splits
 from smalltune.errors import DataError
 
 TNEWS = Path("/work/shared/data/tnews/tnews_dev_few_all.json")

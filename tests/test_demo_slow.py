@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from smalltune.demo import run_demo
-from smalltune.evaluate import TUNED, UNTUNED
+from smalltune.recipes.demo import run_demo
+from smalltune.evaluation.evaluate import TUNED, UNTUNED
 
 
 @pytest.mark.slow

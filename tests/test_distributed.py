@@ -13,8 +13,8 @@ import yaml
 
 from conftest import write_jsonl
 from smalltune.config import load_config
-from smalltune.synth.complaints import FIELDS, generate_complaints
-from smalltune.train import train
+from smalltune.recipes.synth.complaints import FIELDS, generate_complaints
+from smalltune.training.run import train
 
 
 def task_file(path, model_dir, name: str, batch_size: int):

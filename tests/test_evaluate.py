@@ -9,12 +9,15 @@ import pytest
 from safetensors.torch import load_file
 
 from smalltune.config import TaskConfig
-from smalltune.data import Record
+from smalltune.data.records import Record
 from smalltune.errors import ConfigError
-from smalltune.evaluate import TUNED, UNTUNED, few_shot_name, prompt_budget, run_baseline, score_answers
-from smalltune.synth.complaints import FIELDS
-from smalltune.tasks import NO_LABEL, Parsed, build_task, rouge_l
-from smalltune.tracking import SWANLAB_DIR, TENSORBOARD_DIR, tracker_callbacks
+from smalltune.evaluation.evaluate import TUNED, UNTUNED, few_shot_name, run_baseline, score_answers
+from smalltune.recipes.synth.complaints import FIELDS
+from smalltune.tasks import Parsed, build_task
+from smalltune.tasks.classify import NO_LABEL
+from smalltune.tasks.metrics import rouge_l
+from smalltune.runs import RunDir
+from smalltune.training.callbacks import tracker_callbacks
 
 SYSTEMS = ["complaint-rules", UNTUNED, few_shot_name(2), TUNED]
 
@@ -123,8 +126,8 @@ def test_eval_scores_every_system_on_the_same_records(evaluated_tiny_run):
 
 
 def test_few_shot_prompts_get_room_for_the_examples(evaluated_tiny_run):
-    from smalltune.data import load_splits
-    from smalltune.infer import Engine
+    from smalltune.data.records import load_splits
+    from smalltune.inference.transformers_engine import TransformersEngine as Engine
 
     run_dir, _ = evaluated_tiny_run
     engine = Engine.from_run(run_dir)
@@ -135,9 +138,9 @@ def test_few_shot_prompts_get_room_for_the_examples(evaluated_tiny_run):
     except ValueError:  # the prompt does not fit even with the record's text cut away
         squeezed = True
     assert squeezed
-    with prompt_budget(engine, engine.config.model.max_length * 3):
-        assert not any(engine.generate(records, shots=shots).truncated)
-    assert engine.config.model.max_length == 256  # restored after the block
+    roomy = engine.generate(records, shots=shots, budget=engine.config.model.max_length * 3)
+    assert not any(roomy.truncated)
+    assert engine.config.model.max_length == 256  # the budget is an argument: the engine's config is untouched
 
 
 def test_cli_table_lists_every_system(evaluated_tiny_run, monkeypatch):
@@ -174,7 +177,7 @@ def test_training_scores_the_validation_records_at_each_evaluation_and_keeps_the
 
 def test_default_tracking_is_swanlab_offline_inside_the_run_directory(evaluated_tiny_run):
     run_dir, _ = evaluated_tiny_run
-    logs = list((run_dir / SWANLAB_DIR).glob("run-*/run-*.swanlab"))
+    logs = list(RunDir(run_dir).swanlab.glob("run-*/run-*.swanlab"))
     assert len(logs) == 1
     logged = logs[0].read_bytes()
     assert b"train/loss" in logged and b"eval/field_exact" in logged and b"train/grad_norm" in logged
@@ -184,9 +187,9 @@ def test_report_to_tensorboard_writes_in_the_run_directory_and_none_attaches_not
     from transformers.integrations import TensorBoardCallback
 
     settings = {"fields": FIELDS, "data": {"train": "x.jsonl"}, "kind": "extract", "name": "t"}
-    (tensorboard,) = tracker_callbacks(TaskConfig(**settings, train={"report_to": "tensorboard"}), tmp_path)
-    assert isinstance(tensorboard, TensorBoardCallback) and (tmp_path / TENSORBOARD_DIR).is_dir()
-    assert tracker_callbacks(TaskConfig(**settings, train={"report_to": "none"}), tmp_path) == []
+    (tensorboard,) = tracker_callbacks(TaskConfig(**settings, train={"report_to": "tensorboard"}), RunDir(tmp_path))
+    assert isinstance(tensorboard, TensorBoardCallback) and RunDir(tmp_path).tensorboard.is_dir()
+    assert tracker_callbacks(TaskConfig(**settings, train={"report_to": "none"}), RunDir(tmp_path)) == []
 
 
 def test_swanlab_cloud_without_a_login_is_a_clear_error(tmp_path, monkeypatch):
@@ -196,11 +199,11 @@ def test_swanlab_cloud_without_a_login_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cloud = TaskConfig(name="t", kind="chat", data={"train": "x.jsonl"}, train={"report_to": "swanlab-cloud"})
     with pytest.raises(ConfigError, match="swanlab login"):
-        tracker_callbacks(cloud, tmp_path)
+        tracker_callbacks(cloud, RunDir(tmp_path))
 
 
 def test_checkpoint_choice_prefers_the_better_metric_then_the_later_checkpoint():
-    from smalltune.tracking import checkpoint_score
+    from smalltune.training.callbacks import checkpoint_score
 
     # a validation set answered perfectly early on must not keep the first, barely trained checkpoint
     assert checkpoint_score(1.0, 144) > checkpoint_score(1.0, 72)

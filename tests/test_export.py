@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from conftest import make_run_dir
 from smalltune.cli import app
 from smalltune.config import load_config
-from smalltune.data import Record
+from smalltune.data.records import Record
 from smalltune.formatting import prompt_ids
-from smalltune.infer import Engine
+from smalltune.inference.transformers_engine import TransformersEngine as Engine
 from smalltune.tasks import build_task
 
 TEXTS = ["我叫王芳，住在北京市朝阳区建国路88号，邮箱wangfang@example.com。快递三天都没到。", "你好", "手机屏幕碎了。"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from smalltune.config import TaskConfig
-from smalltune.data import Record
+from smalltune.data.records import Record
 from smalltune.formatting import encode_example, encode_examples, end_of_turn, prompt_ids, render_prompt
 from smalltune.tasks import build_task
 

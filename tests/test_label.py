@@ -17,13 +17,14 @@ from conftest import make_run_dir, write_jsonl
 from teacher_server import Script, TeacherServer, serving
 
 from smalltune.config import load_config
-from smalltune.data import Record, load_records
+from smalltune.data.records import Record, load_records
 from smalltune.errors import ConfigError
 from smalltune.io import read_appended
-from smalltune.label import Outputs, TeacherError, label_file, with_teacher
-from smalltune.redact import Redaction
-from smalltune.sample import choose, select_diverse
-from smalltune.synth.complaints import generate_complaints
+from smalltune.labelling.label import Outputs, label_file
+from smalltune.labelling.teacher import TeacherError, with_teacher
+from smalltune.labelling.redact import Redaction
+from smalltune.labelling.select import choose, select_diverse
+from smalltune.recipes.synth.complaints import generate_complaints
 from smalltune.tasks import build_task
 
 FAST_TEACHER = {"model": "teacher-test", "api_key_env": None, "concurrency": 4, "timeout": 0.4,
@@ -297,8 +298,8 @@ def test_unusable_teacher_settings_are_reported_with_the_fix(tmp_path, monkeypat
 
 
 def test_smalltune_serve_as_teacher_garbage_answers_are_rejected_with_reasons(tmp_path, tiny_qwen3_dir):
-    from smalltune.infer import Engine
-    from smalltune.serve import create_app
+    from smalltune.inference.transformers_engine import TransformersEngine as Engine
+    from smalltune.serving.app import create_app
 
     run_dir = make_run_dir(tmp_path / "served", tiny_qwen3_dir, "extract",
                            model={"name": str(tiny_qwen3_dir), "max_length": 1024, "dtype": "float32"})

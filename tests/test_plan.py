@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from smalltune.cli import app
 from smalltune.config import LoraSettings
-from smalltune.plan import QWEN3_SIZES, Settings, architecture, estimate, qwen3_config
+from smalltune.training.memory import QWEN3_SIZES, Settings, architecture, estimate, qwen3_config
 
 LORA = LoraSettings()
 

@@ -11,12 +11,12 @@ from importlib import resources
 import pytest
 import yaml
 
-from smalltune.baselines import build_baseline
+from smalltune.evaluation.baselines import build_baseline
 from smalltune.config import TaskConfig
-from smalltune.data import load_records
+from smalltune.data.records import load_records
 from smalltune.errors import DataError
 from smalltune.formatting import encode_example
-from smalltune.synth.policy_pages import (
+from smalltune.recipes.synth.policy_pages import (
     LAYOUTS, TEST_LAYOUTS, TEST_TOPICS, TRAIN_LAYOUTS, TRAIN_TOPICS, format_date, generate_pages, normalise_date,
     visible_text, write_pages,
 )
@@ -136,7 +136,7 @@ def test_recipe_lengths_never_cut_the_answer(recipe, qwen_tokenizer):
 
 
 def _record(row: dict):
-    from smalltune.data import Record
+    from smalltune.data.records import Record
 
     return Record(id=row["id"], where=row["id"], input=row["input"], output=row["output"], extra={"html": row["html"]})
 

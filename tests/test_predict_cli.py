@@ -9,15 +9,16 @@ from typer.testing import CliRunner
 from conftest import write_jsonl
 from smalltune.cli import app
 from smalltune.config import TaskConfig, save_config
-from smalltune.predict import predict_file
-from smalltune.synth.complaints import FIELDS, generate_complaints
+from smalltune.inference.predict import predict_file
+from smalltune.recipes.synth.complaints import FIELDS, generate_complaints
 
 runner = CliRunner()
 
 
 def run_dir_with_adapter(tmp_path, model_dir):
     """A run directory as `train` leaves it, from one quick training step of the tiny model."""
-    from smalltune.train import build_trainer, save_run
+    from smalltune.runs import RunDir
+    from smalltune.training.run import build_trainer, save_run
 
     train_rows, test_rows = generate_complaints(n_train=4, n_test=7, seed=3)
     write_jsonl(tmp_path / "train.jsonl", train_rows)
@@ -30,7 +31,7 @@ def run_dir_with_adapter(tmp_path, model_dir):
     )
     trainer = build_trainer(config)
     trainer.train()
-    save_run(trainer, config.run_dir, 1.0)
+    save_run(trainer, RunDir.of(config), 1.0)
     inputs = write_jsonl(tmp_path / "in.jsonl", [{"id": r["id"], "input": r["input"]} for r in test_rows])
     return config.run_dir, inputs
 

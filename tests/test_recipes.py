@@ -10,11 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import SHARED_DATA
-from smalltune.baselines import build_baseline
+from smalltune.evaluation.baselines import build_baseline
 from smalltune.cli import app
 from smalltune.config import load_config
-from smalltune.data import load_splits
-from smalltune.demo import RECIPES, get_recipe, news_records, prepare_recipe, shared_data_dir, tnews_labels, write_news
+from smalltune.data.records import load_splits
+from smalltune.recipes.demo import RECIPES, get_recipe, prepare_recipe
+from smalltune.recipes.synth.shared_data import shared_data_dir
+from smalltune.recipes.synth.tnews import news_records, tnews_labels, write_news
 from smalltune.errors import ConfigError, DataError
 from smalltune.tasks import build_task
 

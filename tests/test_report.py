@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from smalltune.config import TaskConfig
-from smalltune.data import Record
-from smalltune.evaluate import TUNED, UNTUNED, few_shot_name, save_results, score_answers
-from smalltune.report import _char_diff, write_report
+from smalltune.data.records import Record
+from smalltune.evaluation.evaluate import TUNED, UNTUNED, few_shot_name, save_results, score_answers
+from smalltune.evaluation.report import _char_diff, write_report
 from smalltune.tasks import build_task
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

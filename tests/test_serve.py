@@ -21,8 +21,8 @@ import uvicorn
 
 from conftest import make_run_dir
 from smalltune.formatting import render_prompt
-from smalltune.infer import Engine
-from smalltune.serve import ServeSettings, create_app
+from smalltune.inference.transformers_engine import TransformersEngine as Engine
+from smalltune.serving.app import ServeSettings, create_app
 
 KEY_ENV, KEY = "SMALLTUNE_TEST_KEY", "secret-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from smalltune.synth.complaints import FIELDS, TEST_POOL, TRAIN_POOL, generate_complaints, write_complaints
+from smalltune.recipes.synth.complaints import FIELDS, TEST_POOL, TRAIN_POOL, generate_complaints, write_complaints
 
 TERMINALS = "。！？!?"
 EMAIL_CHARS = re.compile(r"[A-Za-z0-9._%+@-]")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from smalltune.config import TaskConfig
-from smalltune.data import Record
-from smalltune.tasks import Parsed, build_task, char_f1
+from smalltune.data.records import Record
+from smalltune.tasks import Parsed, build_task
+from smalltune.tasks.metrics import char_f1
 
 FIELDS = {"name": "姓名", "email": "邮箱"}
 
@@ -85,7 +86,7 @@ def test_char_f1():
 
 
 def test_bootstrap_interval_brackets_the_score_and_narrows_with_agreement():
-    from smalltune.evaluate import bootstrap_intervals
+    from smalltune.evaluation.evaluate import bootstrap_intervals
 
     t = task("classify", labels=["体育", "财经"])
     golds = [rec("体育")] * 20 + [rec("财经")] * 20

@@ -9,9 +9,10 @@ import torch
 
 from conftest import write_jsonl
 from smalltune.config import TaskConfig
-from smalltune.infer import Engine
-from smalltune.synth.complaints import FIELDS, generate_complaints
-from smalltune.train import build_trainer, save_run, train
+from smalltune.inference.transformers_engine import TransformersEngine as Engine
+from smalltune.recipes.synth.complaints import FIELDS, generate_complaints
+from smalltune.runs import RunDir
+from smalltune.training.run import build_trainer, save_run, train
 
 
 def tiny_config(tmp_path, model_dir, **train) -> TaskConfig:
@@ -30,7 +31,7 @@ def test_tiny_qwen3_trains_with_falling_loss_saves_and_reloads_with_the_same_log
     config = tiny_config(tmp_path, tiny_qwen3_dir)
     trainer = build_trainer(config)
     trainer.train()
-    save_run(trainer, config.run_dir, 1.0)
+    save_run(trainer, RunDir.of(config), 1.0)
 
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) >= 6 and sum(losses[-3:]) < sum(losses[:3])

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from conftest import write_jsonl
 from smalltune.config import TaskConfig
 from smalltune.errors import ConfigError
-from smalltune.synth.complaints import FIELDS, generate_complaints
-from smalltune.train import build_trainer, labelled_positions, sft_config
+from smalltune.recipes.synth.complaints import FIELDS, generate_complaints
+from smalltune.training.run import build_trainer, labelled_positions, sft_config
 
 
 def tiny_config(tmp_path, model_dir, **train) -> TaskConfig:
@@ -105,7 +105,7 @@ def test_asking_for_liger_kernels_without_a_gpu_is_a_clear_error(tmp_path, tiny_
 
 
 def test_automatic_checkpointing_is_planned_at_the_longest_example_not_at_max_length(tmp_path, tiny_qwen3_dir):
-    from smalltune.plan import Settings, estimate, task_architecture
+    from smalltune.training.memory import Settings, estimate, task_architecture
 
     config = tiny_config(tmp_path, tiny_qwen3_dir)
     arch = task_architecture(config)

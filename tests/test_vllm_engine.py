@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 from conftest import make_run_dir, write_jsonl
 from smalltune.cli import app
 from smalltune.config import load_config
-from smalltune.data import Record, load_splits
+from smalltune.data.records import Record, load_splits
 from smalltune.errors import ModelError
-from smalltune.infer import Engine
-from smalltune.synth.complaints import FIELDS, generate_complaints
-from smalltune.train import ADAPTER_DIR
-from smalltune.vllm_engine import VllmEngine
+from smalltune.inference.transformers_engine import TransformersEngine as Engine
+from smalltune.recipes.synth.complaints import FIELDS, generate_complaints
+from smalltune.training.run import ADAPTER_DIR
+from smalltune.inference.vllm_engine import VllmEngine
 
 HAS_VLLM = find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed here: `make test-vllm` runs these in .venv-vllm")

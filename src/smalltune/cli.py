@@ -17,6 +17,7 @@ from rich.table import Table
 
 from smalltune.config import load_config
 from smalltune.errors import SmalltuneError
+from smalltune.registry import ENGINES, KINDS
 
 app = typer.Typer(help="Fine-tune a small private model for one narrow task, and run it fast.", no_args_is_help=True)
 data_app = typer.Typer(help="Inspect and convert data files.", no_args_is_help=True)
@@ -24,6 +25,8 @@ app.add_typer(data_app, name="data")
 console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get the whole table, not 80 columns
 
 TaskFile = typer.Argument(..., exists=False, help="The task's YAML file.")
+EngineName = typer.Option("transformers", "--engine",
+                          help=f"{' | '.join(ENGINES.names())} (vLLM in its own environment: `make setup-vllm`).")
 
 
 def _progress() -> Progress:
@@ -63,39 +66,30 @@ class _RecordBar:
 
 @app.command()
 def init(
-    kind: str = typer.Option("extract", help="extract | classify | chat"),
+    kind: str = typer.Option("extract", help=" | ".join(KINDS.names())),
     out: Path = typer.Option(Path("task.yaml"), help="Where to write the task file."),
 ) -> None:
     """Write a commented example task file to start from."""
     if out.exists():
         raise SmalltuneError(f"{out} exists; choose another --out or delete it")
-    text = resources.files("smalltune.recipes").joinpath("complaints.yaml").read_text(encoding="utf-8")
-    if kind != "extract":
-        text = _example_for(kind, text)
-    out.write_text(text, encoding="utf-8")
-    console.print(f"wrote {out}: edit data paths and fields, then `smalltune data check {out}`")
+    out.write_text(example_task_file(kind), encoding="utf-8")
+    console.print(f"wrote {out}: edit data paths and the task's keys, then `smalltune data check {out}`")
 
 
-def _example_for(kind: str, extract_yaml: str) -> str:
-    """The extract example turned into a classify or chat example."""
-    head, _, rest = extract_yaml.partition("fields:")
-    rest = rest[rest.index("data:"):]
-    blocks = {
-        "classify": "labels: [体育, 财经, 科技, 娱乐]        # classify: the candidate labels\n",
-        "chat": "",
-    }
-    if kind not in blocks:
-        raise SmalltuneError(f"--kind {kind!r}: use extract, classify or chat")
-    head = head.replace("kind: extract", f"kind: {kind}").replace("name: complaints", f"name: my-{kind}")
-    instruction = "instruction: 从下面的客户投诉中抽取投诉人的信息。"
-    head = head.replace(instruction, "instruction: 判断新闻标题的类别。" if kind == "classify" else "system: 你是一位耐心的客服。")
-    return head + blocks[kind] + rest
+def example_task_file(kind: str) -> str:
+    """A commented task file for `kind`: the kind's own keys (`TaskKind.example`) in the complaints recipe's frame."""
+    recipe = resources.files("smalltune.recipes").joinpath("complaints.yaml").read_text(encoding="utf-8")
+    common = recipe[recipe.index("\ndata:") + 1:]
+    head = (f"# smalltune task file for a {kind} task. Every key is optional unless marked required.\n"
+            f"name: my-{kind}                   # required: the run directory is <output_dir>/<name>\n"
+            f"kind: {kind}                     # required: {' | '.join(KINDS.names())}\n")
+    return head + KINDS.get(kind).example + common
 
 
 @data_app.command("check")
 def data_check(task_file: Path = TaskFile) -> None:
     """Count records, find duplicates and invalid records (file:line), and show token lengths."""
-    from smalltune.datacheck import check_data
+    from smalltune.training.datacheck import check_data
 
     report = check_data(load_config(task_file))
     table = Table(title=f"data check: {task_file}")
@@ -117,16 +111,16 @@ def data_check(task_file: Path = TaskFile) -> None:
 @app.command()
 def train(task_file: Path = TaskFile, resume: bool = typer.Option(False, help="Continue from the last checkpoint.")) -> None:
     """Fine-tune the task's model with LoRA; writes the run directory."""
-    from smalltune.train import train as run_training
+    from smalltune.training.run import train as run_training
 
     run_dir = run_training(load_config(task_file), resume=resume)
     console.print(f"run directory: {run_dir}")
 
 
 def _with_interval(result, metric: str) -> str:
-    lo, hi = result.intervals.get(metric, (None, None))
-    value = f"{result.metrics[metric]:.3f}"
-    return value if lo is None or lo == hi else f"{value} [{lo:.2f}, {hi:.2f}]"
+    from smalltune.evaluation.report import value_and_interval
+
+    return " ".join(filter(None, value_and_interval(result.metrics[metric], result.intervals.get(metric))))
 
 
 def print_results(results: dict, title: str) -> None:
@@ -146,15 +140,18 @@ def print_results(results: dict, title: str) -> None:
 def eval_(
     run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>)."),
     limit: int = typer.Option(None, help="Score only the first N test records."),
+    engine: str = EngineName,
 ) -> None:
     """Score the baselines, the untuned model (zero- and few-shot) and the fine-tuned one on the held-out records,
     side by side; writes metrics.json, predictions.jsonl, report.md and report.html into the run directory."""
-    from smalltune.evaluate import evaluate_run
+    from smalltune.evaluation.evaluate import evaluate_run
+    from smalltune.runs import RunDir
 
     with _RecordBar("eval") as bar:
-        results = evaluate_run(run_dir, limit=limit, on_batch=bar.advance)
+        results = evaluate_run(run_dir, limit=limit, on_batch=bar.advance, engine=engine)
     print_results(results, f"eval: {run_dir}")
-    console.print(f"wrote {run_dir / 'metrics.json'}, {run_dir / 'predictions.jsonl'} and the report {run_dir / 'report.html'}")
+    run = RunDir(run_dir)
+    console.print(f"wrote {run.metrics}, {run.predictions} and the report {run.report_html}")
 
 
 @app.command()
@@ -162,18 +159,13 @@ def predict(
     run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>)."),
     input_file: Path = typer.Argument(..., help="Records to answer (JSON, JSONL or CSV in the task's format)."),
     out: Path = typer.Option(..., "-o", "--out", help="JSONL output: id, answer, parsed value, error."),
-    engine: str = typer.Option("transformers", help="transformers | vllm (vLLM's own environment: `make setup-vllm`)."),
+    engine: str = EngineName,
 ) -> None:
     """Answer every record of a file with the fine-tuned model."""
-    from smalltune.predict import predict_file
+    from smalltune.inference.engine import load_engine
+    from smalltune.inference.predict import predict_file
 
-    if engine not in ("transformers", "vllm"):
-        raise SmalltuneError(f"--engine {engine!r}: use transformers or vllm")
-    answering = None
-    if engine == "vllm":
-        from smalltune.vllm_engine import VllmEngine
-
-        answering = VllmEngine.from_run(run_dir)
+    answering = load_engine(run_dir, engine)
     with _RecordBar("predict") as bar:
         count = predict_file(run_dir, input_file, out, on_start=bar.start, on_batch=bar.advance, engine=answering)
     console.print(f"wrote {count} answers to {out}")
@@ -191,7 +183,7 @@ def demo(
     prepare_only: bool = typer.Option(False, "--prepare-only", help="Write the data and task.yaml, then stop."),
 ) -> None:
     """A whole recipe on the default model: write its data, measure, fine-tune, measure again."""
-    from smalltune.demo import RECIPES, get_recipe, prepare_recipe, run_demo
+    from smalltune.recipes.demo import RECIPES, get_recipe, prepare_recipe, run_demo
 
     if list_recipes:
         table = Table(title="recipes (time: `smalltune demo RECIPE` on a 2-core CPU, no GPU)")
@@ -225,13 +217,14 @@ def serve(
     max_queue: int = typer.Option(256, min=1, help="Requests that may wait for the model; more are answered 429."),
     max_body_bytes: int = typer.Option(1 << 20, min=1, help="Largest request body; larger ones are answered 413."),
     api_key_env: str = typer.Option(None, help="Environment variable holding the API key clients must send as Bearer."),
+    engine: str = EngineName,
 ) -> None:
-    """Serve the fine-tuned model over HTTP (OpenAI-compatible, plus /v1/extract or /v1/classify)."""
-    from smalltune.serve import ServeSettings
-    from smalltune.serve import serve as run_server
+    """Serve the fine-tuned model over HTTP (OpenAI-compatible, plus the task's own /v1/extract or /v1/classify)."""
+    from smalltune.serving.app import ServeSettings
+    from smalltune.serving.app import serve as run_server
 
     settings = ServeSettings(max_queue=max_queue, max_body_bytes=max_body_bytes, api_key_env=api_key_env)
-    run_server(run_dir, host=host, port=port, settings=settings)
+    run_server(run_dir, host=host, port=port, settings=settings, engine=engine)
 
 
 @app.command()
@@ -241,7 +234,7 @@ def export(
     merge: bool = typer.Option(False, "--merge", help="Fold the adapter into the base model: one standalone model."),
 ) -> None:
     """Write the model for other servers: the adapter alone, or with --merge a standalone HF model (vLLM, SGLang)."""
-    from smalltune.export import export_adapter, export_merged
+    from smalltune.serving.export import export_adapter, export_merged
 
     written = export_merged(run_dir, out) if merge else export_adapter(run_dir, out)
     console.print(f"wrote {'merged model' if merge else 'adapter'} to {written}")
@@ -256,7 +249,7 @@ def data_convert(
     """Convert alpaca, fudan-news or messages records to the JSONL a task file reads with `format: alpaca`."""
     import yaml
 
-    from smalltune.convert import convert_file
+    from smalltune.data.convert import convert_file
 
     converted = convert_file(input_file, out, source_format)
     settings = yaml.safe_dump({"data": converted.data}, allow_unicode=True, default_flow_style=None, sort_keys=False)
@@ -279,7 +272,8 @@ def label(
     rpm: float = typer.Option(None, help="At most this many requests a minute (default: teacher.requests_per_minute)."),
 ) -> None:
     """Label raw texts with a teacher model (any OpenAI-compatible API); each answer is checked, bad ones rejected."""
-    from smalltune.label import label_file, with_teacher
+    from smalltune.labelling.label import label_file
+    from smalltune.labelling.teacher import with_teacher
 
     config = with_teacher(load_config(task_file), base_url=base_url, model=model, api_key_env=api_key_env,
                           concurrency=concurrency, requests_per_minute=rpm)
@@ -321,8 +315,8 @@ def plan(
     gpu_gib: float = typer.Option(24.0, help="GPU memory to check the estimates against, in GiB."),
 ) -> None:
     """Estimate the GPU memory of LoRA training at the task's settings, for its model and Qwen3 0.6B/1.7B/4B."""
-    from smalltune.plan import GIB, Settings, plain_trainer_logits
-    from smalltune.plan import plan as estimate_memory
+    from smalltune.training.memory import GIB, Settings, plain_trainer_logits
+    from smalltune.training.memory import plan as estimate_memory
 
     config = load_config(task_file)
     settings = Settings.of(config)

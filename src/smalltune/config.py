@@ -8,8 +8,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from smalltune.errors import ConfigError
+from smalltune.errors import ConfigError, validation_problems
 from smalltune.io import atomic_write_text
+from smalltune.registry import FORMATS, KINDS
 
 
 class _Strict(BaseModel):
@@ -29,7 +30,7 @@ class DataConfig(_Strict):
     train: Path
     validation: Path | None = None
     test: Path | None = None
-    format: Literal["alpaca", "messages", "columns"] = "alpaca"
+    format: str = Field("alpaca", description=f"How a row holds a record: {' | '.join(FORMATS.names())}.")
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="For format=columns: our name (input, output, instruction, system, candidates, id) -> column name; "
@@ -38,6 +39,13 @@ class DataConfig(_Strict):
     validation_share: float = Field(0.1, ge=0, lt=0.5, description="Split off train when no validation file.")
     test_share: float = Field(0.1, ge=0, lt=0.5, description="Split off train when no test file.")
     split_seed: int = 42
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in FORMATS:
+            raise ValueError(f"unknown data format {value!r}; use one of {', '.join(FORMATS.names())}")
+        return value
 
     @field_validator("columns")
     @classmethod
@@ -149,7 +157,7 @@ class TaskConfig(_Strict):
     """Everything a run needs, from data to deployment."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    kind: Literal["extract", "classify", "chat"]
+    kind: str = Field(description=f"The task kind: {' | '.join(KINDS.names())}.")
     instruction: str = ""
     system: str | None = None
     fields: dict[str, FieldSpec] = Field(default_factory=dict)
@@ -171,12 +179,19 @@ class TaskConfig(_Strict):
             return {k: {"description": v} if isinstance(v, str) else v for k, v in value.items()}
         return value
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in KINDS:
+            raise ValueError(f"unknown task kind {value!r}; use one of {', '.join(KINDS.names())}")
+        return value
+
     @model_validator(mode="after")
     def _kind_needs(self) -> TaskConfig:
-        if self.kind == "extract" and not self.fields:
-            raise ValueError("kind 'extract' needs 'fields' (name: description)")
-        if self.kind == "classify" and not self.labels and "candidates" not in self.data.columns:
-            raise ValueError("kind 'classify' needs 'labels' or a 'candidates' column in data.columns")
+        """The kind's own requirements (extract needs fields, classify needs labels), checked by the kind."""
+        problem = KINDS.get(self.kind).config_problem(self)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property
@@ -199,17 +214,9 @@ def load_config(path: str | Path) -> TaskConfig:
     try:
         config = TaskConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid task file:\n{_describe(exc)}") from exc
+        problems = "\n".join(f"  {line}" for line in validation_problems(exc.errors()))
+        raise ConfigError(f"{path}: invalid task file:\n{problems}") from exc
     return _resolve_paths(config, path.parent)
-
-
-def _describe(exc: ValidationError) -> str:
-    """One line per problem, naming the key as a dotted path."""
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  {key}: {err['msg']}")
-    return "\n".join(lines)
 
 
 def _resolve_paths(config: TaskConfig, base: Path) -> TaskConfig:

@@ -15,3 +15,12 @@ class DataError(SmalltuneError):
 
 class ModelError(SmalltuneError):
     """A model reference cannot be resolved or loaded."""
+
+
+class RunError(SmalltuneError):
+    """A run directory is missing, or lacks what the command needs (its task file, its trained adapter)."""
+
+
+def validation_problems(errors: list[dict], prefix: str = "") -> list[str]:
+    """One 'key.path: message' line per pydantic validation error (`prefix` before each key, e.g. 'teacher.')."""
+    return [f"{prefix}{'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}" for error in errors]

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from smalltune.data import Record
-from smalltune.tasks import TaskKind
+from smalltune.config import TaskConfig
+from smalltune.data.records import Record
+from smalltune.tasks.base import TaskKind
 
 _SENTINEL = "\u2063SMALLTUNE\u2063"
 
@@ -120,11 +121,12 @@ def prompt_ids(
 
 
 def prompts_for(
-    tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: Sequence[Record], config, shots: Sequence[Record] = ()
+    tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: Sequence[Record], config: TaskConfig,
+    shots: Sequence[Record] = (), budget: int | None = None,
 ) -> tuple[list[list[int]], list[bool]]:
-    """Prompt ids of many records within the task's model.max_length (tokenised in one batch), and which inputs
-    were shortened."""
-    thinking, budget = config.model.enable_thinking, config.model.max_length
+    """Prompt ids of many records within `budget` tokens (default: the task's model.max_length), tokenised in one
+    batch, and which inputs were shortened."""
+    thinking, budget = config.model.enable_thinking, budget or config.model.max_length
     first = _token_ids(tokenizer, _prompt_texts(tokenizer, task, records, thinking, shots))
     built = [_fit(tokenizer, task, r, ids, budget, thinking, shots) for r, ids in zip(records, first)]
     return [ids for ids, _ in built], [cut for _, cut in built]

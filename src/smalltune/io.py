@@ -1,4 +1,4 @@
-"""Atomic file writes: a killed run never leaves a half-written result behind."""
+"""File writes and JSON Lines: a killed run never leaves a half-written result behind."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -29,9 +29,25 @@ def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write_text(path, json.dumps(value, ensure_ascii=False, indent=2) + "\n")
 
 
+def json_line(value: Any) -> str:
+    """One JSON Lines line: the value as UTF-8 JSON (non-ASCII kept as it is) and a newline."""
+    return json.dumps(value, ensure_ascii=False) + "\n"
+
+
 def atomic_write_jsonl(path: Path, rows: Iterable[Any]) -> None:
     """Write one UTF-8 JSON value per line (JSON Lines), atomically."""
-    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    atomic_write_text(path, "".join(json_line(row) for row in rows))
+
+
+def append_jsonl(handle: TextIO, row: Any) -> None:
+    """Append one row to an open JSON Lines file and flush it, so a killed run keeps every row written."""
+    handle.write(json_line(row))
+    handle.flush()
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    """The values of a JSON Lines file (blank lines skipped)."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def read_appended(path: Path) -> list[dict]:

@@ -1,0 +1,141 @@
+"""Records: one example whatever file it came from; loading a file with file:line problems, splitting, duplicates."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smalltune.config import DataConfig
+from smalltune.data.readers import read_rows
+from smalltune.errors import DataError
+from smalltune.registry import FORMATS
+
+
+@dataclass(frozen=True)
+class Record:
+    """One example, whatever file format it came from."""
+
+    id: str
+    where: str
+    input: str
+    output: str | dict | None
+    instruction: str | None = None
+    system: str | None = None
+    history: tuple[dict, ...] = ()
+    candidates: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)  # the row's columns no role reads (e.g. a page's html)
+
+
+@dataclass
+class Loaded:
+    """The valid records of one file and one 'file:line: message' per invalid one."""
+
+    records: list[Record]
+    problems: list[str]
+
+
+@dataclass
+class Splits:
+    """Train, validation and test records, and the problems of every file read."""
+
+    train: list[Record]
+    validation: list[Record]
+    test: list[Record]
+    problems: list[str]
+
+
+class RecordProblem(Exception):
+    """A record-level problem; the message names the field and how to fix it."""
+
+
+def _record_id(row: dict, key: str, default: str) -> str:
+    """The row's id as text, or default when it has none."""
+    value = row.get(key)
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise RecordProblem(f"'{key}' must be text or a whole number, got {type(value).__name__}")
+    return str(value).strip()
+
+
+def load_records(path: Path, data: DataConfig, *, require_output: bool = True,
+                 check: Callable[[Record], str | None] | None = None) -> Loaded:
+    """Read one file in data.format; each invalid record becomes one 'file:line: message' problem."""
+    path = Path(path)
+    layout = FORMATS.get(data.format)()
+    id_key = layout.id_key(data.columns)
+    read_keys = layout.read_keys(data.columns)
+    loaded = Loaded(records=[], problems=[])
+    first_at: dict[str, str] = {}
+    for line, row in read_rows(path):
+        where = f"{path}:{line}"
+        try:
+            record_id = _record_id(row, id_key, f"{path.stem}-{line}")
+            if record_id in first_at:
+                raise RecordProblem(f"duplicate id '{record_id}' (first at {first_at[record_id]}); give each record its own id")
+            extra = {key: value for key, value in row.items() if key not in read_keys}
+            record = Record(id=record_id, where=where, extra=extra, **layout.read(row, data.columns, require_output))
+            message = check(record) if check else None
+            if message:
+                raise RecordProblem(message)
+        except RecordProblem as exc:
+            loaded.problems.append(f"{where}: {exc}")
+            continue
+        first_at[record_id] = where
+        loaded.records.append(record)
+    return loaded
+
+
+def _split_size(n: int, share: float, left: int) -> int:
+    """round(n*share), at least 1 when share > 0 and n >= 10, always leaving one record for train."""
+    size = round(n * share)
+    if share > 0 and n >= 10:
+        size = max(size, 1)
+    return min(size, max(left - 1, 0))
+
+
+def load_splits(data: DataConfig, check: Callable[[Record], str | None] | None = None) -> Splits:
+    """Load train (and validation/test files when set); split missing ones off train by data.split_seed."""
+    train = load_records(data.train, data, check=check)
+    given = {name: load_records(path, data, check=check)
+             for name in ("validation", "test") if (path := getattr(data, name)) is not None}
+    pool = list(range(len(train.records)))
+    random.Random(data.split_seed).shuffle(pool)
+    taken: dict[str, list[Record]] = {}
+    for name, share in (("test", data.test_share), ("validation", data.validation_share)):
+        if name in given:
+            taken[name] = given[name].records
+        else:
+            size = _split_size(len(train.records), share, len(pool))
+            taken[name] = [train.records[i] for i in sorted(pool[:size])]
+            pool = pool[size:]
+    problems = train.problems + [p for loaded in given.values() for p in loaded.problems]
+    return Splits(train=[train.records[i] for i in sorted(pool)], validation=taken["validation"],
+                  test=taken["test"], problems=problems)
+
+
+def find_duplicates(records: list[Record]) -> list[tuple[str, str]]:
+    """(where of first, where of duplicate) for records with the same instruction, input and history."""
+    first: dict[tuple, str] = {}
+    pairs: list[tuple[str, str]] = []
+    for record in records:
+        key = (record.instruction, record.input, tuple((t["role"], t["content"]) for t in record.history))
+        if key in first:
+            pairs.append((first[key], record.where))
+        else:
+            first[key] = record.where
+    return pairs
+
+
+def record_row(record: Record, data: DataConfig) -> dict[str, Any]:
+    """The record as a row of the task's data format, its extra columns kept, so the task file reads it back."""
+    layout = FORMATS.get(data.format)()
+    row = layout.write(record, data.columns)
+    clashes = sorted(set(record.extra) & (set(row) | layout.read_keys(data.columns)))
+    if clashes:
+        raise DataError(f"{record.where}: column(s) {clashes} are not read by the source format but are fields "
+                        f"of the {data.format} format; rename or drop them")
+    return {**row, **record.extra}

@@ -1,0 +1,186 @@
+"""Evaluation: every system on the same held-out records, side by side.
+
+The systems: each baseline in `eval.baselines`, the untuned model zero-shot, the untuned model with
+`eval.few_shot` solved training examples in its prompt, and the fine-tuned model. Each answers in text;
+the task's own `parse` and `score` judge all of them, and every score carries a 95% bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smalltune.config import TaskConfig
+from smalltune.data.records import Record, load_splits
+from smalltune.evaluation.baselines import build_baseline
+from smalltune.evaluation.report import TUNED, UNTUNED, write_report
+from smalltune.inference.engine import Engine, OnBatch, load_engine
+from smalltune.io import atomic_write_json, atomic_write_jsonl
+from smalltune.runs import RunDir
+from smalltune.tasks import Parsed, TaskKind, build_task
+
+
+def few_shot_name(k: int) -> str:
+    """The name of the untuned model prompted with k solved examples."""
+    return f"untuned {k}-shot"
+
+
+@dataclass
+class SystemResult:
+    """One system's answers and scores on the test records."""
+
+    name: str
+    metrics: dict[str, float]
+    intervals: dict[str, tuple[float, float]]
+    answers: list[str]
+    seconds: float
+    new_tokens: int
+    details: dict[str, Any] = field(default_factory=dict)
+    record_scores: list[float] = field(default_factory=list)
+
+    @property
+    def records_per_second(self) -> float:
+        return len(self.answers) / self.seconds if self.seconds else 0.0
+
+    @property
+    def hours_per_million(self) -> float:
+        """Hours to answer a million records at the measured speed, one process on this machine."""
+        return 1e6 / self.records_per_second / 3600 if self.records_per_second else 0.0
+
+
+def score_answers(
+    task: TaskKind, name: str, records: list[Record], answers: list[str], seconds: float, new_tokens: int = 0
+) -> SystemResult:
+    """Parse and score one system's answers: headline metrics with intervals, extras, a score per record."""
+    parsed = [task.parse(text, record) for text, record in zip(answers, records, strict=True)]
+    return SystemResult(
+        name=name,
+        metrics=task.score(parsed, records),
+        intervals=bootstrap_intervals(task, parsed, records),
+        answers=answers,
+        seconds=seconds,
+        new_tokens=new_tokens,
+        details=task.details(parsed, records),
+        record_scores=[task.record_score(p, r) for p, r in zip(parsed, records)],
+    )
+
+
+def run_system(
+    engine: Engine,
+    name: str,
+    records: list[Record],
+    on_batch: OnBatch | None = None,
+    shots: Sequence[Record] = (),
+    budget: int | None = None,
+) -> SystemResult:
+    """Answer and score the records with the engine as it stands (adapter on or off), after `shots` if given,
+    in prompts of at most `budget` tokens (default model.max_length)."""
+    generation = engine.generate(records, on_batch, shots=shots, budget=budget)
+    return score_answers(engine.task, name, records, generation.texts, generation.seconds, generation.new_tokens)
+
+
+def run_baseline(name: str, config: TaskConfig, train: list[Record], records: list[Record]) -> SystemResult:
+    """Fit the registered baseline on the training records, then answer and score the test records."""
+    baseline = build_baseline(name, config)
+    baseline.fit(train)
+    started = time.perf_counter()
+    answers = baseline.answer(records)
+    return score_answers(build_task(config), name, records, answers, time.perf_counter() - started)
+
+
+def bootstrap_intervals(
+    task: TaskKind, parsed: list[Parsed], records: list[Record], rounds: int = 1000, seed: int = 0
+) -> dict[str, tuple[float, float]]:
+    """95% percentile-bootstrap interval of every metric, resampling records (test sets are small)."""
+    rng = random.Random(seed)
+    samples: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        pick = [rng.randrange(len(records)) for _ in records]
+        for metric, value in task.score([parsed[i] for i in pick], [records[i] for i in pick]).items():
+            samples.setdefault(metric, []).append(value)
+    lo, hi = int(0.025 * rounds), min(rounds - 1, int(0.975 * rounds))
+    ordered = {metric: sorted(values) for metric, values in samples.items()}
+    return {metric: (v[lo], v[hi]) for metric, v in ordered.items()}
+
+
+def evaluate_run(
+    run_dir: Path | RunDir, limit: int | None = None, on_batch: OnBatch | None = None, engine: str = "transformers",
+    **engine_options: Any,
+) -> dict[str, SystemResult]:
+    """Score the baselines, the untuned model (zero- and few-shot) and the fine-tuned one on the run's test
+    records; write metrics.json, predictions.jsonl, report.md and report.html into the run directory.
+
+    The models run in the engine registered as `engine` (`load_engine`). The few-shot examples are the first
+    `eval.few_shot` training records; their prompt may grow by one training example's length (model.max_length)
+    per shot, so the test record is not cut to make room.
+    """
+    run = RunDir.load(run_dir)
+    config = run.config()
+    task = build_task(config)
+    splits = load_splits(config.data, check=task.check)
+    records = splits.test[:limit]
+    results = {name: run_baseline(name, config, splits.train, records) for name in config.eval.baselines}
+    model = load_engine(run, engine, merge=False, **engine_options)
+    shots = splits.train[: config.eval.few_shot]
+    with model.untuned():
+        results[UNTUNED] = run_system(model, UNTUNED, records, on_batch)
+        if shots:
+            name = few_shot_name(len(shots))
+            results[name] = run_system(model, name, records, on_batch, shots, config.model.max_length * (len(shots) + 1))
+    if config.infer.merge_adapter:  # answer as predict and serve will: the adapter folded in (the untuned passes are done)
+        model = model.merged()
+    results[TUNED] = run_system(model, TUNED, records, on_batch)
+    save_results(run, config, task, records, results, shots)
+    write_report(run)
+    return results
+
+
+def save_results(
+    run: Path | RunDir,
+    config: TaskConfig,
+    task: TaskKind,
+    records: list[Record],
+    results: dict[str, SystemResult],
+    shots: Sequence[Record] = (),
+) -> None:
+    """metrics.json (scores, intervals, extras and speed per system) and predictions.jsonl (every answer and
+    its per-record score, per record), the inputs of the report."""
+    run = RunDir.at(run)
+    atomic_write_json(
+        run.metrics,
+        {
+            "task": config.name,
+            "kind": config.kind,
+            "headline": task.headline,
+            "test_records": len(records),
+            "few_shot_ids": [shot.id for shot in shots],
+            "infer": config.infer.model_dump(mode="json"),
+            "systems": {
+                name: {
+                    "metrics": r.metrics,
+                    "ci95": {k: [round(lo, 4), round(hi, 4)] for k, (lo, hi) in r.intervals.items()},
+                    "details": r.details,
+                    "seconds": round(r.seconds, 2),
+                    "records_per_second": round(r.records_per_second, 3),
+                    "hours_per_million_records": round(r.hours_per_million, 4),
+                    "new_tokens": r.new_tokens,
+                }
+                for name, r in results.items()
+            },
+        },
+    )
+    atomic_write_jsonl(run.predictions, [
+        {
+            "id": rec.id,
+            "input": rec.input,
+            "reference": rec.output,
+            "reference_answer": task.answer(rec),
+            "answers": {name: r.answers[i] for name, r in results.items()},
+            "scores": {name: round(r.record_scores[i], 4) for name, r in results.items()},
+        }
+        for i, rec in enumerate(records)
+    ])

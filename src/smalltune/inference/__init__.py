@@ -1,0 +1,1 @@
+"""Inference: the engine seam (engine), its engines (transformers, vLLM), constrained decoding, predict."""

@@ -1,1 +1,0 @@
-"""Synthetic data-set generators for fine-tuning experiments."""

@@ -1,0 +1,166 @@
+"""The task kind: everything that differs between extract, classify and chat, behind one class.
+
+Training, inference, evaluation, labelling, serving and the report all ask the `TaskKind` and never
+branch on the kind themselves: the prompt the model learns is the prompt it is later asked, the grammar
+spells the answer training wrote, and the teacher is checked the way training data is. A new kind is a
+subclass in a module of its own plus one line in `smalltune.registry.KINDS`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Literal
+
+from smalltune.config import TaskConfig
+from smalltune.data.records import Record
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A model answer after parsing: the value, or the reason it could not be read."""
+
+    value: Any
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def parse_errors(parsed: list[Parsed]) -> dict[str, int]:
+    """How often each parse error occurred, most frequent first."""
+    return dict(Counter(p.error for p in parsed if not p.ok).most_common())
+
+
+@dataclass(frozen=True)
+class ReportTable:
+    """A table of the report, as data: `numeric` cells right-aligned, `text` cells wrapped, `heat` shaded by count."""
+
+    head: list[str]
+    rows: list[list[Any]]
+    style: Literal["numeric", "text", "heat"] = "numeric"
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """A kind-specific section of the report: a title, a sentence on how to read it, its tables."""
+
+    title: str
+    note: str
+    tables: list[ReportTable]
+    anchor: str  # the HTML id prefix of its tables
+
+
+@dataclass(frozen=True)
+class ReportBars:
+    """Grouped bars of the report: one group per field / label / score, one bar per system."""
+
+    title: str
+    groups: list[str]
+    series: dict[str, list[float]]
+
+
+def user_text(instruction: str, text: str) -> str:
+    """The user turn: the instruction, a blank line, then the record's text."""
+    return f"{instruction}\n\n{text}" if instruction else text
+
+
+class TaskKind:
+    """Base class of the task kinds; one instance serves one task file."""
+
+    headline: ClassVar[str]  # the metric that picks the best checkpoint and leads the report
+    endpoint: ClassVar[str | None] = None  # serve's own route for the kind (under /v1), e.g. "/extract"
+    result_key: ClassVar[str] = "result"  # the key of the parsed answer in that route's response
+    takes_candidates: ClassVar[bool] = False  # whether a request may bring its own label choices
+    example: ClassVar[str] = ""  # the kind's keys in the task file `smalltune init` writes (commented YAML)
+
+    def __init__(self, config: TaskConfig):
+        self.config = config
+
+    @classmethod
+    def config_problem(cls, config: TaskConfig) -> str | None:
+        """What the task file lacks for this kind (the message names the key), or None."""
+        return None
+
+    # ---- prompts -------------------------------------------------------------------------------
+
+    def default_instruction(self, record: Record) -> str:
+        """The instruction a record without its own gets."""
+        return self.config.instruction
+
+    def _instruction(self, record: Record) -> str:
+        return record.instruction if record.instruction is not None else self.default_instruction(record)
+
+    def messages(self, record: Record) -> list[dict[str, str]]:
+        """System prompt (record's or task's), earlier turns, then the user turn."""
+        system = record.system if record.system is not None else self.config.system
+        head = [{"role": "system", "content": system}] if system else []
+        user = {"role": "user", "content": user_text(self._instruction(record), record.input)}
+        return [*head, *record.history, user]
+
+    def answer(self, record: Record) -> str:
+        """The text the model learns to answer for this record (its reference answer)."""
+        return str(record.output)
+
+    def grammar(self, record: Record, grounded: bool) -> str | None:
+        """The EBNF the record's answer must follow (`tasks.grammar`); None when the answer is free text."""
+        return None
+
+    # ---- answers -------------------------------------------------------------------------------
+
+    def check(self, record: Record) -> str | None:
+        """Why the record's output cannot be a training answer (a message naming 'output'), or None."""
+        raise NotImplementedError
+
+    def parse(self, text: str, record: Record) -> Parsed:
+        """The model's answer text as a value, or the reason it cannot be read."""
+        raise NotImplementedError
+
+    def score(self, parsed: list[Parsed], records: list[Record]) -> dict[str, float]:
+        """The kind's metrics over many answers (the headline among them)."""
+        raise NotImplementedError
+
+    def details(self, parsed: list[Parsed], records: list[Record]) -> dict[str, Any]:
+        """What the report shows beyond the metrics (per label, per field, lengths, parse errors)."""
+        raise NotImplementedError
+
+    def record_score(self, parsed: Parsed, record: Record) -> float:
+        """One record's score in 0..1 (the report's worst errors are the lowest)."""
+        raise NotImplementedError
+
+    # ---- labelling and serving -----------------------------------------------------------------
+
+    def teacher_messages(self, record: Record) -> list[dict[str, str]]:
+        """What `smalltune label` asks the teacher: the student's own prompt."""
+        return self.messages(record)
+
+    def teacher_schema(self) -> dict | None:
+        """The OpenAI `response_format` JSON schema for the teacher's answer; None when the answer is text."""
+        return None
+
+    def teacher_answer(self, text: str, record: Record) -> Parsed:
+        """The teacher's answer as a training output, or why it cannot be one (parsed, then checked as data is)."""
+        parsed = self.parse(text, record)
+        if not parsed.ok:
+            return parsed
+        problem = self.check(replace(record, output=parsed.value))
+        return Parsed(None, problem.replace("'output'", "the answer")) if problem else parsed
+
+    def request_problem(self, record: Record) -> str | None:
+        """Why `serve` cannot answer a request made into this record (answered 400), or None."""
+        return None
+
+    # ---- the report (static: it is rebuilt from metrics.json alone) -------------------------------
+
+    @classmethod
+    def report_bars(cls, summary: dict[str, Any]) -> ReportBars:
+        """The bars drawn per system, from metrics.json."""
+        raise NotImplementedError
+
+    @classmethod
+    def report_sections(cls, summary: dict[str, Any], predictions: list[dict[str, Any]]) -> list[ReportSection]:
+        """The kind's own report sections (confusion matrices, reply lengths, ...), from metrics.json and
+        predictions.jsonl."""
+        return []

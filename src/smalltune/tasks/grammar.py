@@ -1,0 +1,86 @@
+"""Answer grammars as EBNF text: pure builders, no tokenizer, no decoder.
+
+The task kinds build each record's grammar from these (`TaskKind.grammar`); the engines compile it
+(xgrammar in `inference.constrain`, vLLM's structured outputs). A grammar spells exactly what
+`TaskKind.answer` writes for training, so the constraint never pushes the model away from the form it learned.
+With grounding, an extractive value is spelled through a suffix automaton of the input text: at most 2n
+states for n characters, so any substring, and only substrings, can be written.
+"""
+
+from __future__ import annotations
+
+import json
+
+_JSON_STRING = r'''"\"" char* "\""
+char ::= [^"\\\x00-\x1f] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'''
+
+
+def ebnf_literal(text: str) -> str:
+    """`text` as an EBNF string literal."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _json_escaped(char: str) -> str:
+    """How `json.dumps(..., ensure_ascii=False)` writes one character inside a string."""
+    return json.dumps(char, ensure_ascii=False)[1:-1]
+
+
+def substring_automaton(text: str) -> list[dict[str, int]]:
+    """The suffix automaton of `text`: state 0 is the start, every path from it spells a substring.
+
+    Returned as the transitions of each state (at most 2n states and 3n transitions).
+    """
+    transitions: list[dict[str, int]] = [{}]
+    link, length, last = [-1], [0], 0
+    for char in text:
+        current = len(transitions)
+        transitions.append({})
+        length.append(length[last] + 1)
+        link.append(0)
+        state = last
+        while state != -1 and char not in transitions[state]:
+            transitions[state][char] = current
+            state = link[state]
+        if state != -1:
+            nxt = transitions[state][char]
+            if length[state] + 1 == length[nxt]:
+                link[current] = nxt
+            else:
+                clone = len(transitions)
+                transitions.append(dict(transitions[nxt]))
+                length.append(length[state] + 1)
+                link.append(link[nxt])
+                while state != -1 and transitions[state].get(char) == nxt:
+                    transitions[state][char] = clone
+                    state = link[state]
+                link[nxt] = link[current] = clone
+        last = current
+    return transitions
+
+
+def substring_rules(text: str, prefix: str) -> str:
+    """EBNF rules `<prefix>0 ...` matching any substring of `text`, JSON-escaped (the empty one included)."""
+    rules = []
+    for state, moves in enumerate(substring_automaton(text)):
+        options = [f"{ebnf_literal(_json_escaped(c))} {prefix}{target}" for c, target in moves.items()]
+        rules.append(f"{prefix}{state} ::= " + " | ".join([*options, '""']))
+    return "\n".join(rules)
+
+
+def extract_grammar(fields: dict[str, bool], text: str | None) -> str:
+    """EBNF of the canonical answer object; `fields` maps each name to whether its value is grounded in `text`."""
+    parts, grounded = [], text is not None and any(fields.values())
+    for i, (name, extractive) in enumerate(fields.items()):
+        key = ebnf_literal(("" if i == 0 else ", ") + json.dumps(name, ensure_ascii=False) + ": ")
+        value = '"\\"" s0 "\\""' if extractive and grounded else "string"
+        parts.append(f"{key} {value}")
+    root = 'root ::= "{" ' + " ".join(parts) + ' "}"'
+    rules = [root, "string ::= " + _JSON_STRING]
+    if grounded:
+        rules.append(substring_rules(text, "s"))
+    return "\n".join(rules)
+
+
+def choice_grammar(labels: list[str]) -> str:
+    """EBNF of exactly one of the labels."""
+    return "root ::= " + " | ".join(ebnf_literal(label) for label in labels)

@@ -1,0 +1,238 @@
+"""The training run: task file in, run directory (adapter, tokenizer, config, history, log) out.
+
+LoRA through peft, the loop through TRL's SFTTrainer on pre-tokenised prompt/completion examples
+(so the loss covers the answer and its end-of-turn token only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from trl import SFTConfig, SFTTrainer
+
+from smalltune.config import TaskConfig, save_config
+from smalltune.data.records import Record, load_splits
+from smalltune.errors import ConfigError, DataError
+from smalltune.formatting import Example, encode_examples
+from smalltune.io import atomic_write_json, atomic_write_text
+from smalltune.models import choose_dtype, load_model, load_tokenizer, resolve_model
+from smalltune.runs import RunDir
+from smalltune.tasks import build_task
+from smalltune.training.callbacks import CHECKPOINT_SCORE, JsonLog, ValidationMetrics, tracker_callbacks
+from smalltune.training.memory import Settings, estimate, task_architecture
+from smalltune.training.trainer import SmalltuneTrainer, uncast_lora_inputs
+
+log = logging.getLogger(__name__)
+
+
+def _dataset(examples: list[Example]) -> Dataset:
+    return Dataset.from_dict(
+        {"input_ids": [e.input_ids for e in examples], "completion_mask": [e.completion_mask for e in examples]}
+    )
+
+
+def _gradient_checkpointing(config: TaskConfig, longest: int | None = None) -> bool:
+    """'auto': on when the memory plan without it (`smalltune plan`) would fill more than 90% of the GPU, or,
+    without a GPU, half of the RAM (recomputing each layer costs a CPU about a third more time). The plan is
+    taken at the longest training example (`longest` tokens), the widest batch the run can meet, when known."""
+    setting = config.train.gradient_checkpointing
+    if setting != "auto":
+        return setting == "on"
+    if torch.cuda.is_available():
+        available = 0.9 * torch.cuda.get_device_properties(0).total_memory
+    else:
+        available = 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    settings = Settings.of(config)
+    if longest is not None:
+        settings = dataclasses.replace(settings, max_length=min(settings.max_length, longest))
+    return estimate(task_architecture(config), settings).total(checkpointing=False) > available
+
+
+def _liger_kernel(setting: str) -> bool:
+    """'auto': Liger's fused kernels where they run (CUDA) and are installed."""
+    available = torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+    if setting == "on" and not available:
+        raise ConfigError("train.liger_kernel: 'on' needs a CUDA GPU and `pip install liger-kernel`; set it to auto or off")
+    return available and setting != "off"
+
+
+def is_main_process() -> bool:
+    """True in a single process and in rank 0 of a torchrun / accelerate launch; only it writes the run directory."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _encode(tokenizer, task, records: list[Record], config: TaskConfig, what: str) -> list[Example]:
+    examples, problems = encode_examples(
+        tokenizer, task, records, config.model.max_length, config.model.enable_thinking
+    )
+    if problems:
+        log.warning("%d %s record(s) left out, their answer does not fit:\n%s", len(problems), what, "\n".join(problems))
+    truncated = sum(e.truncated for e in examples)
+    if truncated:
+        log.warning("%d %s record(s) had their input shortened to fit model.max_length", truncated, what)
+    return examples
+
+
+def sft_config(config: TaskConfig, dtype: torch.dtype, has_validation: bool, longest: int | None = None) -> SFTConfig:
+    """TRL settings derived from the task file (and the longest training example, in tokens, where known);
+    every choice is logged by the trainer.
+
+    With a validation split, the model is evaluated (loss and task metrics) at every checkpoint and the
+    checkpoint with the best headline metric is the one kept at the end.
+    """
+    t = config.train
+    return SFTConfig(
+        output_dir=str(RunDir.of(config).checkpoints),
+        num_train_epochs=t.epochs,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=t.warmup_ratio,
+        logging_steps=t.logging_steps,
+        save_steps=t.save_steps,
+        save_total_limit=2,
+        eval_strategy="steps" if has_validation else "no",
+        eval_steps=t.save_steps,
+        load_best_model_at_end=has_validation,
+        metric_for_best_model=CHECKPOINT_SCORE if has_validation else None,
+        greater_is_better=True,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=dtype == torch.bfloat16,
+        use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=_gradient_checkpointing(config, longest),
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        use_liger_kernel=_liger_kernel(t.liger_kernel),
+        ddp_find_unused_parameters=False,  # every LoRA weight is used in each step: skip DDP's extra graph walk
+        max_length=None,
+        completion_only_loss=True,
+        report_to="none",  # trackers are attached as callbacks (smalltune.tracking)
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def prepare_dataset(tokenizer, task, records: list[Record], config: TaskConfig, what: str) -> Dataset:
+    """Records to the tokenised dataset the trainer reads: prompt + answer ids and the answer mask."""
+    return _dataset(_encode(tokenizer, task, records, config, what))
+
+
+def speed_choices(config: TaskConfig, args: SFTConfig) -> list[str]:
+    """Each choice that sets the run's speed and memory, with the task-file key that overrides it."""
+    t = config.train
+    return [
+        f"{'logits at labelled positions only' if t.logits == 'labelled' else 'TRL loss'} (train.logits={t.logits})",
+        f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'} "
+        f"(train.gradient_checkpointing={t.gradient_checkpointing})",
+        f"{'bf16 autocast' if args.bf16 else 'no autocast'} (model.dtype={config.model.dtype})",
+        f"LoRA dropout {config.lora.dropout:g}"
+        f"{', LoRA inputs left in bf16' if uncast_lora_inputs(config, torch.bfloat16 if args.bf16 else torch.float32) else ''}"
+        " (lora.dropout)",
+        f"{'length-grouped' if t.group_by_length else 'random'} batches (train.group_by_length={t.group_by_length})",
+        f"Liger kernels {'on' if args.use_liger_kernel else 'off'} (train.liger_kernel={t.liger_kernel})",
+        f"{args.world_size} process(es), {args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps} "
+        "examples per optimizer step",
+    ]
+
+
+def build_trainer(config: TaskConfig) -> SFTTrainer:
+    """Data, model and LoRA wired into a ready-to-run SFTTrainer (the run directory is created)."""
+    run = RunDir.of(config)
+    main_process = is_main_process()
+    if main_process:
+        run.path.mkdir(parents=True, exist_ok=True)
+    task = build_task(config)
+    splits = load_splits(config.data, check=task.check)
+    if splits.problems and main_process:
+        atomic_write_text(run.invalid_records, "\n".join(splits.problems) + "\n")
+        log.warning("%d invalid record(s) left out; see %s", len(splits.problems), run.invalid_records)
+    if not splits.train:
+        raise DataError(f"{config.data.train}: no valid training records")
+    if main_process:
+        save_config(config, run.task_file)
+
+    model_path = resolve_model(config.model.name)
+    dtype = choose_dtype(config.model.dtype)
+    tokenizer = load_tokenizer(model_path, config.model.chat_template)
+    train_set = prepare_dataset(tokenizer, task, splits.train, config, "training")
+    eval_set = prepare_dataset(tokenizer, task, splits.validation, config, "validation") if splits.validation else None
+    model = load_model(model_path, dtype)
+    log.info("model %s, dtype %s, %d training / %d validation examples", model_path, dtype, len(train_set), len(eval_set or []))
+    lora = config.lora
+    trainer = SmalltuneTrainer(
+        model=model,
+        args=sft_config(config, dtype, eval_set is not None, max(len(ids) for ids in train_set["input_ids"])),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=lora.target_modules, task_type="CAUSAL_LM",
+        ),
+        callbacks=[JsonLog(run.train_log), *tracker_callbacks(config, run)],
+        labelled_logits=config.train.logits == "labelled",
+        uncast_lora_inputs=uncast_lora_inputs(config, dtype),
+    )
+    log.info("speed settings: %s", "; ".join(speed_choices(config, trainer.args)))
+    if splits.validation:
+        trainer.add_callback(ValidationMetrics(config, splits.validation, trainer.log))
+    return trainer
+
+
+def save_run(trainer: SFTTrainer, run: RunDir, seconds: float) -> None:
+    """Adapter, tokenizer and the training summary (loss history included) into the run directory."""
+    if not trainer.is_world_process_zero():
+        return
+    trainer.save_model(str(run.adapter))
+    trainer.processing_class.save_pretrained(run.adapter)
+    atomic_write_json(
+        run.train_summary,
+        {
+            "base_model": trainer.model.peft_config["default"].base_model_name_or_path,
+            "dtype": str(trainer.model.dtype).removeprefix("torch."),
+            "train_examples": len(trainer.train_dataset),
+            "validation_examples": len(trainer.eval_dataset or []),
+            "seconds": round(seconds, 1),
+            "history": trainer.state.log_history,
+        },
+    )
+
+
+def _clear_previous_run(run: RunDir) -> None:
+    """A new run in a used run directory replaces the last one's checkpoints and log (it would append to them)."""
+    previous = [path for path in (run.checkpoints, run.train_log) if path.exists()]
+    if previous:
+        log.warning("%s holds an earlier run: starting afresh (`train --resume` continues it instead)", run.path)
+    for path in previous:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def train(config: TaskConfig, resume: bool = False) -> Path:
+    """Fine-tune the task's model with LoRA; returns the run directory.
+
+    With `resume` it continues from the run directory's last checkpoint; without, an earlier run's checkpoints
+    and log there are replaced.
+    """
+    run = RunDir.of(config)
+    if not resume and is_main_process():
+        _clear_previous_run(run)
+    trainer = build_trainer(config)
+    checkpoints = list(run.checkpoints.glob("checkpoint-*"))
+    started = time.time()
+    trainer.train(resume_from_checkpoint=bool(resume and checkpoints))
+    save_run(trainer, run, time.time() - started)
+    return run.path

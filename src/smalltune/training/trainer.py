@@ -1,0 +1,101 @@
+"""The trainer: TRL's SFTTrainer with a loss computed at answer positions only, and LoRA inputs left in bf16."""
+
+from __future__ import annotations
+
+import torch
+from peft.helpers import disable_input_dtype_casting
+from transformers.utils import is_triton_available
+from trl import SFTTrainer
+
+from smalltune.config import TaskConfig
+from smalltune.errors import ModelError
+
+
+def uncast_lora_inputs(config: TaskConfig, dtype: torch.dtype) -> bool:
+    """Whether training steps skip peft's float32 copy of each LoRA input: under bf16 autocast without LoRA
+    dropout, where the copy would only be cast back to bf16."""
+    return dtype == torch.bfloat16 and config.lora.dropout == 0
+
+
+def labelled_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the LM head must run: a (batch, seq) mask of positions whose next token has a label, and those labels.
+
+    Position t predicts token t+1, so the mask is the label mask shifted left by one. The labels come in the
+    mask's row-major order, the order in which `hidden_states[mask]` lists the positions.
+    """
+    next_labels = labels[:, 1:]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = next_labels != -100
+    return keep, next_labels[keep[:, :-1]]
+
+
+def _trl_head_is_labelled_only(device: torch.device) -> bool:
+    """Where TRL's fused LM head already projects only labelled positions (in vocabulary tiles): Triton devices."""
+    return device.type in ("cuda", "xpu") and is_triton_available()
+
+
+class SmalltuneTrainer(SFTTrainer):
+    """TRL's SFTTrainer with a loss that builds logits only at labelled positions (train.logits: labelled).
+
+    With a 151,936-token vocabulary the prompt's logits would be the largest tensor of a small model's step.
+    On CUDA with Triton, TRL's fused LM head already skips them; elsewhere (CPU) it scores every position, so
+    this loss passes the label mask to the model as `logits_to_keep`: the call goes through the DDP / FSDP /
+    PEFT wrappers as usual and the LM head projects the answer positions only. Token accuracy, entropy and
+    the token count are logged under TRL's names.
+
+    With `uncast_lora_inputs` (bf16 autocast, no LoRA dropout), training and evaluation steps (forward, backward
+    and any recomputation) feed the LoRA layers their bf16 input as it is: peft would copy it to the adapter's
+    float32 and autocast would copy it straight back to bf16 for the same matmul (about a tenth of a CPU step),
+    the same numbers either way. With dropout the mask is drawn on the float32 copy, as peft does. Generation
+    outside the steps keeps peft's cast.
+    """
+
+    def __init__(self, *args, labelled_logits: bool = True, uncast_lora_inputs: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.labelled_logits = labelled_logits
+        self.uncast_lora_inputs = uncast_lora_inputs
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        with disable_input_dtype_casting(model, active=self.uncast_lora_inputs):
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        with disable_input_dtype_casting(model, active=self.uncast_lora_inputs):
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        trl_loss = not self.labelled_logits or _trl_head_is_labelled_only(inputs["input_ids"].device)
+        if trl_loss or return_outputs or self.aux_loss_enabled:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        keep, targets = labelled_positions(inputs["labels"])
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        logits = model(**model_inputs, use_cache=False, logits_to_keep=keep).logits
+        if logits.dim() != 2 or logits.shape[0] != targets.numel():
+            raise ModelError(
+                f"{type(self.model).__name__} does not return logits for selected positions only; set train.logits: trl"
+            )
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        del logits
+        nll = -log_probs.gather(-1, targets[:, None]).sum()
+        # normalised like TRL's loss: by the labelled tokens of the whole optimizer step, on every rank
+        count = targets.numel() if num_items_in_batch is None else num_items_in_batch
+        loss = nll / torch.as_tensor(count).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes
+        self._log_answer_metrics(log_probs.detach(), targets, inputs)
+        return loss
+
+    def _log_answer_metrics(self, log_probs: torch.Tensor, targets: torch.Tensor, inputs: dict) -> None:
+        """TRL's per-step metrics (mean_token_accuracy, entropy, num_tokens) from the answer positions' log-probs."""
+        mode = "train" if self.model.training else "eval"
+        gather = self.accelerator.gather_for_metrics
+        count = gather(torch.tensor(targets.numel(), device=targets.device)).sum()
+        correct = gather((log_probs.argmax(-1) == targets).sum()).sum()
+        entropy = gather(-(log_probs.exp() * log_probs).sum()).sum()
+        metrics = self._metrics[mode]
+        metrics["mean_token_accuracy"].append((correct / count).item() if count > 0 else 0.0)
+        metrics["entropy"].append((entropy / count).item() if count > 0 else 0.0)
+        if mode == "train":
+            seen = inputs["attention_mask"].sum() if "attention_mask" in inputs else torch.tensor(inputs["input_ids"].numel())
+            self._total_train_tokens += gather(seen.to(targets.device)).sum().item()
+        metrics["num_tokens"] = [self._total_train_tokens]
