@@ -76,7 +76,14 @@ def test_export_refuses_a_non_empty_target_and_a_run_without_adapter(run_dir, tm
     assert (taken / "keep.txt").read_text() == "mine"
 
     result = CliRunner().invoke(app, ["export", str(tmp_path), "--merge", "--out", str(tmp_path / "x")])
-    assert "no trained adapter" in str(result.exception) and not (tmp_path / "x").exists()
+    assert "not a run directory (no task.yaml)" in str(result.exception) and not (tmp_path / "x").exists()
+
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    (untrained / "task.yaml").write_text((run_dir / "task.yaml").read_text())
+    result = CliRunner().invoke(app, ["export", str(untrained), "--merge", "--out", str(tmp_path / "x")])
+    assert "no trained adapter" in str(result.exception) and "smalltune train" in str(result.exception)
+    assert not (tmp_path / "x").exists()
 
 
 def test_predict_engine_folds_the_adapter_in_and_answers_the_same(run_dir, tmp_path):

@@ -17,10 +17,11 @@ from smalltune.data.records import load_records
 from smalltune.errors import DataError
 from smalltune.formatting import encode_example
 from smalltune.recipes.synth.policy_pages import (
-    LAYOUTS, TEST_LAYOUTS, TEST_TOPICS, TRAIN_LAYOUTS, TRAIN_TOPICS, format_date, generate_pages, normalise_date,
+    LAYOUTS, TEST_LAYOUTS, TEST_TOPICS, TRAIN_LAYOUTS, TRAIN_TOPICS, format_date, generate_pages,
     visible_text, write_pages,
 )
 from smalltune.tasks import build_task
+from smalltune.tasks.text import normalise_date
 
 
 @pytest.fixture(scope="module")

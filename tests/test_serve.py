@@ -20,7 +20,8 @@ import pytest
 import uvicorn
 
 from conftest import make_run_dir
-from smalltune.formatting import render_prompt
+from smalltune.data.records import Record
+from smalltune.formatting import encode_example, render_prompt
 from smalltune.inference.transformers_engine import TransformersEngine as Engine
 from smalltune.serving.app import ServeSettings, create_app
 
@@ -141,6 +142,44 @@ def test_openai_client_gets_the_engines_answer_with_token_usage(chat_engine, mon
             client.chat.completions.create(model="gpt-4o", messages=messages)
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+
+
+class PromptRecorder(Engine):
+    """The transformers engine, keeping each prompt's token ids as the engine is handed them."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prompts: list[list[int]] = []
+
+    def _answer(self, prompts, grammars, on_batch):
+        self.prompts += prompts
+        return super()._answer(prompts, grammars, on_batch)
+
+
+def test_a_served_chat_turn_gets_the_prompt_ids_training_used(tmp_path, tiny_qwen3_dir):
+    run_dir = make_run_dir(tmp_path, tiny_qwen3_dir, "chat", instruction="请用甄嬛的口吻回答。", system="你是甄嬛。")
+    engine = PromptRecorder.from_run(run_dir)
+    turns = [{"role": "user", "content": "娘娘，今天天气如何？"}, {"role": "assistant", "content": "回皇上，今日晴。"},
+             {"role": "user", "content": "那我们去御花园走走？"}]
+    system = {"role": "system", "content": "你是熹贵妃。"}
+    with running(create_app(engine)) as url:
+        for messages in (turns, [system, *turns]):  # the task's system prompt, then the request's own
+            reply = httpx2.post(f"{url}/v1/chat/completions", json={"messages": messages}, timeout=60)
+            assert reply.status_code == 200, reply.text
+        bad = httpx2.post(f"{url}/v1/chat/completions", json={"messages": turns[:2]}, timeout=60)
+        assert bad.status_code == 400 and "user" in bad.json()["error"]["message"]
+
+    history = tuple(turns[:2])
+    trained = [Record(id="t", where="train:1", input=turns[2]["content"], output="好。", history=history),
+               Record(id="t", where="train:2", input=turns[2]["content"], output="好。", history=history,
+                      system=system["content"])]
+    for served, record in zip(engine.prompts, trained):
+        example = encode_example(engine.tokenizer, engine.task, record, engine.config.model.max_length, False)
+        prompt = [token for token, answer in zip(example.input_ids, example.completion_mask) if not answer]
+        assert served == prompt
+    text = engine.tokenizer.decode(engine.prompts[0])
+    assert "请用甄嬛的口吻回答。" in text and "你是甄嬛。" in text and "回皇上，今日晴。" in text
+    assert "你是熹贵妃。" in engine.tokenizer.decode(engine.prompts[1]) and "你是甄嬛。" not in engine.tokenizer.decode(engine.prompts[1])
 
 
 def test_concurrent_requests_are_answered_in_shared_engine_calls(chat_engine):

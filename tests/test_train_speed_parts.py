@@ -12,7 +12,8 @@ from conftest import write_jsonl
 from smalltune.config import TaskConfig
 from smalltune.errors import ConfigError
 from smalltune.recipes.synth.complaints import FIELDS, generate_complaints
-from smalltune.training.run import build_trainer, labelled_positions, sft_config
+from smalltune.training.run import build_trainer, sft_config
+from smalltune.training.trainer import labelled_positions
 
 
 def tiny_config(tmp_path, model_dir, **train) -> TaskConfig:

@@ -20,7 +20,7 @@ from smalltune.data.records import Record, load_splits
 from smalltune.errors import ModelError
 from smalltune.inference.transformers_engine import TransformersEngine as Engine
 from smalltune.recipes.synth.complaints import FIELDS, generate_complaints
-from smalltune.training.run import ADAPTER_DIR
+from smalltune.runs import RunDir
 from smalltune.inference.vllm_engine import VllmEngine
 
 HAS_VLLM = find_spec("vllm") is not None
@@ -70,7 +70,7 @@ def test_tuned_and_untuned_answers_equal_the_transformers_engine(engines, tiny_r
     hf, vl = engines
     records = held_out(4)
     config = hf.config.model_copy(update={"infer": hf.config.infer.model_copy(update={"constrained": False})})
-    hf_free, vl_free = (with_task(engine, config, tiny_run / ADAPTER_DIR) for engine in engines)
+    hf_free, vl_free = (with_task(engine, config, RunDir(tiny_run).adapter) for engine in engines)
     tuned = vl_free.generate(records)
     assert tuned.texts == hf_free.generate(records).texts
     with hf_free.untuned(), vl_free.untuned():
@@ -97,11 +97,11 @@ def test_classify_grammar_yields_one_of_the_labels(engines, tiny_run):
     config = load_config(tiny_run / "task.yaml")
     labels = ["投诉", "咨询", "表扬"]
     classify = config.model_copy(update={"kind": "classify", "fields": {}, "labels": labels})
-    vl_classify = with_task(vl, classify, tiny_run / ADAPTER_DIR)
+    vl_classify = with_task(vl, classify, RunDir(tiny_run).adapter)
     records = held_out(4)
     answers = vl_classify.generate(records).texts
     assert all(answer in labels for answer in answers)
-    assert answers == with_task(hf, classify, tiny_run / ADAPTER_DIR).generate(records).texts
+    assert answers == with_task(hf, classify, RunDir(tiny_run).adapter).generate(records).texts
 
 
 @needs_vllm
@@ -128,7 +128,7 @@ def test_without_vllm_the_user_is_told_how_to_install_it(tiny_run, tmp_path):
 
 @needs_vllm
 @pytest.mark.slow
-@pytest.mark.skipif(not (DEMO_RUN / ADAPTER_DIR).is_dir(), reason="needs the demo run: `smalltune demo` first")
+@pytest.mark.skipif(not RunDir(DEMO_RUN).adapter.is_dir(), reason="needs the demo run: `smalltune demo` first")
 def test_trained_default_run_answers_equal_the_transformers_engine():
     """The trained complaints adapter on the default 0.5B model, 8 held-out records, constrained (the default)."""
     config = load_config(DEMO_RUN / "task.yaml")

@@ -43,9 +43,7 @@ class DataConfig(_Strict):
     @field_validator("format")
     @classmethod
     def _known_format(cls, value: str) -> str:
-        if value not in FORMATS:
-            raise ValueError(f"unknown data format {value!r}; use one of {', '.join(FORMATS.names())}")
-        return value
+        return FORMATS.check(value)
 
     @field_validator("columns")
     @classmethod
@@ -129,7 +127,7 @@ class EvalSettings(_Strict):
     """What `smalltune eval` compares the fine-tuned model against."""
 
     few_shot: int = Field(default=3, ge=0, description="k training examples in the untuned model's prompt; 0 = skip")
-    baselines: list[str] = Field(default_factory=list, description="registered baselines (smalltune.baselines)")
+    baselines: list[str] = Field(default_factory=list, description="registered baselines (smalltune.registry.BASELINES)")
 
 
 class TeacherConfig(_Strict):
@@ -182,9 +180,7 @@ class TaskConfig(_Strict):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, value: str) -> str:
-        if value not in KINDS:
-            raise ValueError(f"unknown task kind {value!r}; use one of {', '.join(KINDS.names())}")
-        return value
+        return KINDS.check(value)
 
     @model_validator(mode="after")
     def _kind_needs(self) -> TaskConfig:

@@ -29,6 +29,12 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
+    def check(self, name: str) -> str:
+        """`name` when registered; ValueError naming the choices otherwise (for pydantic validators)."""
+        if name not in self._entries:
+            raise ValueError(f"unknown {self.what} {name!r}; use one of {', '.join(self._entries)}")
+        return name
+
     def unknown(self, name: str) -> str:
         """The message for a name that is not registered: what was given, and the choices."""
         return f"{self.key}: unknown {self.what} {name!r}; use one of {', '.join(self._entries)}"

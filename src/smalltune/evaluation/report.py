@@ -341,7 +341,7 @@ def _html_training(results: RunResults) -> str:
 
 def _html_groups(results: RunResults) -> str:
     bars = results.kind.report_bars(results.summary)
-    return (f"<h2>{_esc(bars.title.capitalize())}</h2>" + f'<figure class="plot" id="plot-groups">'
+    return (f"<h2>{_esc(bars.title.capitalize())}</h2>" + '<figure class="plot" id="plot-groups">'
             + _bars_plot(bars.title, bars.groups, bars.series) + f"<figcaption>{_esc(bars.title)}, per system</figcaption></figure>")
 
 

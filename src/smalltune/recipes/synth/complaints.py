@@ -9,13 +9,14 @@ split measures generalisation rather than memorisation.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
 from typing import NamedTuple
 
 from faker import Faker
+
+from smalltune.io import atomic_write_jsonl
 
 FIELDS: dict[str, str] = {
     "name": "投诉人姓名",
@@ -246,10 +247,7 @@ def generate_complaints(n_train: int = 320, n_test: int = 100, seed: int = 0) ->
 
 def write_complaints(out_dir: Path, n_train: int = 320, n_test: int = 100, seed: int = 0) -> tuple[Path, Path]:
     """Writes out_dir/train.jsonl and out_dir/test.jsonl (UTF-8, ensure_ascii=False, one JSON object per line) and returns their paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = (out_dir / "train.jsonl", out_dir / "test.jsonl")
+    paths = (Path(out_dir) / "train.jsonl", Path(out_dir) / "test.jsonl")
     for path, records in zip(paths, generate_complaints(n_train, n_test, seed)):
-        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        path.write_text(lines, encoding="utf-8")
+        atomic_write_jsonl(path, records)
     return paths

@@ -9,7 +9,7 @@ signature and date, attachment links, footer. The model input is the visible tex
     {"title": ..., "publishtime": "YYYY-MM-DD", "content": ...}
 
 with title and content copied verbatim from the visible text and the publish date normalised
-(`normalise_date`). Test pages come from layouts and topics that never appear in training.
+(`tasks.text.normalise_date`). Test pages come from layouts and topics that never appear in training.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from pathlib import Path
 from faker import Faker
 
 from smalltune.io import atomic_write_jsonl
-from smalltune.tasks.text import normalise_date
 
 _CN_DIGITS = "〇一二三四五六七八九"
 
