@@ -32,7 +32,7 @@ from smalltune.inference.transformers_engine import TransformersEngine as Engine
 
 def seed_loop(engine: Engine, records: list[Record]) -> Generation:
     """The seed recipe's inference: each record alone, sampling with top_k=1, up to 2,500 tokens in all."""
-    started, texts, tokens = time.perf_counter(), [], 0
+    started, texts, tokens, lengths = time.perf_counter(), [], 0, []
     config = engine.config
     for record in records:
         ids, _ = prompt_ids(engine.tokenizer, engine.task, record, config.model.max_length, config.model.enable_thinking)
@@ -43,8 +43,9 @@ def seed_loop(engine: Engine, records: list[Record]) -> Generation:
             )
         new = out[0, len(ids):]
         tokens += len(new)
+        lengths.append(len(ids))
         texts.append(engine.tokenizer.decode(new, skip_special_tokens=True))
-    return Generation(texts, time.perf_counter() - started, tokens, [False] * len(records))
+    return Generation(texts, time.perf_counter() - started, tokens, lengths, [False] * len(records))
 
 
 def variant(engine: Engine, constrained: bool) -> Engine:

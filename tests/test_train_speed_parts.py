@@ -85,7 +85,7 @@ def test_each_speed_choice_is_logged_and_can_be_overridden(tmp_path, tiny_qwen3_
     config = tiny_config(
         tmp_path, tiny_qwen3_dir, logits="trl", gradient_checkpointing="on", group_by_length=False, logging_steps=1
     )
-    with caplog.at_level(logging.INFO, logger="smalltune.train"):
+    with caplog.at_level(logging.INFO, logger="smalltune.training.run"):
         trainer = build_trainer(config)
     assert not trainer.labelled_logits and trainer.args.gradient_checkpointing
     logged = "\n".join(r.getMessage() for r in caplog.records if "speed settings" in r.getMessage())
@@ -120,7 +120,7 @@ def test_automatic_checkpointing_is_planned_at_the_longest_example_not_at_max_le
 def test_bf16_training_feeds_lora_layers_bf16_and_learns_as_the_float32_cast_does(tmp_path, tiny_qwen3_dir, monkeypatch):
     import contextlib
 
-    import smalltune.train
+    import smalltune.training.trainer
 
     def train_bf16(where) -> tuple[list[float], set[torch.dtype], object]:
         config = tiny_config(where, tiny_qwen3_dir, gradient_checkpointing="on", logging_steps=1)
@@ -137,7 +137,7 @@ def test_bf16_training_feeds_lora_layers_bf16_and_learns_as_the_float32_cast_doe
     assert seen == {torch.bfloat16}
     assert all(m.cast_input_dtype_enabled for m in trainer.model.modules() if hasattr(m, "cast_input_dtype_enabled"))
 
-    monkeypatch.setattr(smalltune.train, "disable_input_dtype_casting", lambda model, active: contextlib.nullcontext())
+    monkeypatch.setattr(smalltune.training.trainer, "disable_input_dtype_casting", lambda model, active: contextlib.nullcontext())
     cast_losses, cast_seen, _ = train_bf16(tmp_path / "cast")
     assert cast_seen == {torch.float32}
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(cast_losses), rtol=0.02, atol=0.02)
