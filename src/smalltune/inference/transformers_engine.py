@@ -1,13 +1,15 @@
 """The transformers engine: batched greedy `generate` on the base model, the LoRA adapter on, off or merged.
 
 Prompts are sorted by length and batched with left padding, infer.batch_size at a time; grammars are
-compiled by xgrammar (`inference.constrain`) and applied as a logits processor.
+compiled by xgrammar (`inference.constrain`) and applied as a logits processor. Candidate answers are scored
+after one pass over their prompts, whose KV cache every candidate of the prompt continues from.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import inspect
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,11 @@ from xgrammar import CompiledGrammar
 from smalltune.config import TaskConfig
 from smalltune.data.records import Record
 from smalltune.inference.constrain import Grammars, logits_processor
-from smalltune.inference.engine import Engine, OnBatch
+from smalltune.errors import ModelError
+from smalltune.inference.engine import Engine, OnBatch, split_by
 from smalltune.models import choose_dtype, load_model
+
+SCORED_TOKENS = 512  # candidate tokens scored in one forward pass: their logits (x the vocabulary) bound its memory
 
 
 class TransformersEngine(Engine):
@@ -102,3 +107,79 @@ class TransformersEngine(Engine):
             if on_batch:
                 on_batch(len(chunk))
         return texts, tokens
+
+    def _score(self, prompts: list[list[int]], candidates: list[list[list[int]]],
+               on_batch: OnBatch | None) -> list[list[float]]:
+        """Longest prompts first, at most infer.batch_size prompts and SCORED_TOKENS candidate tokens a batch."""
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        if on_batch:
+            on_batch(0)
+        scores: list[list[float]] = [[] for _ in prompts]
+        for chunk in _scoring_batches(order, candidates, self.config.infer.batch_size):
+            for i, row in zip(chunk, self._score_batch([prompts[i] for i in chunk], [candidates[i] for i in chunk])):
+                scores[i] = row
+            if on_batch:
+                on_batch(len(chunk))
+        return scores
+
+    @torch.inference_mode()
+    def _score_batch(self, prompts: list[list[int]], candidates: list[list[list[int]]]) -> list[list[float]]:
+        """Summed log-probabilities of each prompt's candidates.
+
+        The prompts but their last token run once, left-padded, into a KV cache; the cache is copied to one row per
+        candidate, and each row continues with its prompt's last token and the candidate's tokens but the last. The
+        logits at those positions, and only there, give each candidate token's log-probability.
+        """
+        device, pad = self.model.device, self.tokenizer.pad_token_id
+        heads = [ids[:-1] for ids in prompts]
+        width = max(len(ids) for ids in heads)
+        prompt_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in heads], device=device)
+        prompt_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in heads], device=device)
+        cache = self.model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=_positions(prompt_mask),
+                           use_cache=True, logits_to_keep=1).past_key_values
+        owner = torch.tensor([i for i, choices in enumerate(candidates) for _ in choices], device=device)
+        cache.batch_select_indices(owner)
+        rows = [[prompts[i][-1], *ids[:-1]] for i, choices in enumerate(candidates) for ids in choices]
+        length = max(len(row) for row in rows)
+        keep = torch.tensor([[True] * len(row) + [False] * (length - len(row)) for row in rows], device=device)
+        row_ids = torch.tensor([row + [pad] * (length - len(row)) for row in rows], device=device)
+        positions = prompt_mask.sum(-1)[owner, None] + torch.arange(length, device=device)
+        logits = self.model(input_ids=row_ids, attention_mask=torch.cat([prompt_mask[owner], keep.long()], -1),
+                            position_ids=positions, use_cache=True, logits_to_keep=keep,
+                            **{_cache_argument(self.model): cache}).logits
+        targets = torch.tensor([token for choices in candidates for ids in choices for token in ids], device=device)
+        if logits.dim() != 2 or logits.shape[0] != targets.numel():
+            raise ModelError(f"{type(self.model).__name__} does not return logits for selected positions only; "
+                             "set infer.classify: generate")
+        token_scores = logits.float().log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+        row_of_token = torch.repeat_interleave(torch.arange(len(rows), device=device), keep.sum(-1))
+        sums = torch.zeros(len(rows), device=device).index_add_(0, row_of_token, token_scores).tolist()
+        return split_by(sums, [len(choices) for choices in candidates])
+
+
+def _cache_argument(model: PreTrainedModel) -> str:
+    """The name under which the model's forward takes a KV cache: `cache` in recent transformers (which deprecate
+    `past_key_values`, the name up to 5.2x)."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows: 0 at each row's first real token (padding at 0 too)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _scoring_batches(order: list[int], candidates: Sequence[list[list[int]]], size: int) -> Iterator[list[int]]:
+    """The prompts in `order`, grouped into batches of at most `size` prompts and SCORED_TOKENS candidate tokens
+    (one prompt alone may exceed it)."""
+    batch: list[int] = []
+    tokens = 0
+    for i in order:
+        needed = sum(len(ids) for ids in candidates[i])
+        if batch and (len(batch) == size or tokens + needed > SCORED_TOKENS):
+            yield batch
+            batch, tokens = [], 0
+        batch.append(i)
+        tokens += needed
+    if batch:
+        yield batch
