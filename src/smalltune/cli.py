@@ -120,17 +120,18 @@ def train(task_file: Path = TaskFile, resume: bool = typer.Option(False, help="C
 def _with_interval(result, metric: str) -> str:
     from smalltune.evaluation.report import value_and_interval
 
-    return " ".join(filter(None, value_and_interval(result.metrics[metric], result.intervals.get(metric))))
+    return " ".join(filter(None, value_and_interval(result.metrics.get(metric), result.intervals.get(metric))))
 
 
 def print_results(results: dict, title: str) -> None:
     """The side-by-side table of metrics per system, with 95% bootstrap intervals."""
+    from smalltune.evaluation.report import metric_names
+
     table = Table(title=title)
     table.add_column("metric")
     for name in results:
         table.add_column(name, justify="right")
-    first = next(iter(results.values()))
-    for metric in first.metrics:
+    for metric in metric_names(r.metrics for r in results.values()):
         table.add_row(metric, *(_with_interval(r, metric) for r in results.values()))
     table.add_row("records/s", *(f"{r.records_per_second:.2f}" for r in results.values()))
     console.print(table)
