@@ -25,7 +25,7 @@ from smalltune.errors import ModelError
 from smalltune.inference.engine import Engine, OnBatch, split_by
 from smalltune.models import choose_dtype, load_model
 
-SCORED_TOKENS = 512  # candidate tokens scored in one forward pass: their logits (x the vocabulary) bound its memory
+SCORED_TOKENS = 512  # candidate tokens a scoring batch holds: their logits rows (x the vocabulary) and cache copies bound its memory
 
 
 class TransformersEngine(Engine):
@@ -124,37 +124,61 @@ class TransformersEngine(Engine):
 
     @torch.inference_mode()
     def _score_batch(self, prompts: list[list[int]], candidates: list[list[list[int]]]) -> list[list[float]]:
-        """Summed log-probabilities of each prompt's candidates.
+        """Summed log-probabilities of each prompt's candidates, from three passes that extend one KV cache.
 
-        The prompts but their last token run once, left-padded, into a KV cache; the cache is copied to one row per
-        candidate, and each row continues with its prompt's last token and the candidate's tokens but the last. The
-        logits at those positions, and only there, give each candidate token's log-probability.
+        1. The prompts' common prefix (the template, the instruction, often the label list), once.
+        2. Each prompt's rest, right-padded: the logits at its last token give every candidate's first token.
+        3. One row per candidate, from a copy of its prompt's cache: the candidate's tokens but the last, whose
+           logits give the candidate's other tokens.
+        The LM head runs only where a candidate token is predicted. Padding sits between a row's tokens and the
+        next pass's (masked out), so positions are given explicitly.
         """
-        device, pad = self.model.device, self.tokenizer.pad_token_id
-        heads = [ids[:-1] for ids in prompts]
-        width = max(len(ids) for ids in heads)
-        prompt_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in heads], device=device)
-        prompt_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in heads], device=device)
-        cache = self.model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=_positions(prompt_mask),
-                           use_cache=True, logits_to_keep=1).past_key_values
+        device = self.model.device
+        shared = _common_prefix_length(prompts)
+        cache = None
+        if shared:
+            head = torch.tensor([prompts[0][:shared]], device=device)
+            cache = self._forward(head, torch.ones_like(head), torch.arange(shared, device=device)[None], None, 1).past_key_values
+            cache.batch_select_indices(torch.zeros(len(prompts), dtype=torch.long, device=device))
+        rest_ids, rest_mask = self._right_padded([ids[shared:] for ids in prompts])
+        seen = torch.cat([torch.ones(len(prompts), shared, dtype=torch.long, device=device), rest_mask], -1)
+        ends = shared + rest_mask.sum(-1)  # each prompt's length: the position of its candidates' first tokens
+        last = torch.zeros_like(rest_mask, dtype=torch.bool)
+        last[torch.arange(len(prompts), device=device), rest_mask.sum(-1) - 1] = True
+        out = self._forward(rest_ids, seen, shared + torch.arange(rest_ids.shape[1], device=device)[None], cache, last)
         owner = torch.tensor([i for i, choices in enumerate(candidates) for _ in choices], device=device)
-        cache.batch_select_indices(owner)
-        rows = [[prompts[i][-1], *ids[:-1]] for i, choices in enumerate(candidates) for ids in choices]
-        length = max(len(row) for row in rows)
-        keep = torch.tensor([[True] * len(row) + [False] * (length - len(row)) for row in rows], device=device)
-        row_ids = torch.tensor([row + [pad] * (length - len(row)) for row in rows], device=device)
-        positions = prompt_mask.sum(-1)[owner, None] + torch.arange(length, device=device)
-        logits = self.model(input_ids=row_ids, attention_mask=torch.cat([prompt_mask[owner], keep.long()], -1),
-                            position_ids=positions, use_cache=True, logits_to_keep=keep,
-                            **{_cache_argument(self.model): cache}).logits
-        targets = torch.tensor([token for choices in candidates for ids in choices for token in ids], device=device)
-        if logits.dim() != 2 or logits.shape[0] != targets.numel():
+        flat = [ids for choices in candidates for ids in choices]
+        first = torch.tensor([ids[0] for ids in flat], device=device)
+        sums = out.logits.log_softmax(-1, dtype=torch.float32)[owner, first]
+        if any(len(ids) > 1 for ids in flat):
+            out.past_key_values.batch_select_indices(owner)
+            row_ids, row_mask = self._right_padded([ids[:-1] for ids in flat])
+            positions = ends[owner, None] + torch.arange(row_ids.shape[1], device=device)
+            keep = row_mask.bool()
+            logits = self._forward(row_ids, torch.cat([seen[owner], row_mask], -1), positions, out.past_key_values, keep).logits
+            targets = torch.tensor([token for ids in flat for token in ids[1:]], device=device)
+            token_scores = logits.log_softmax(-1, dtype=torch.float32).gather(-1, targets[:, None]).squeeze(-1)
+            row_of_token = torch.repeat_interleave(torch.arange(len(flat), device=device), keep.sum(-1))
+            sums = sums.index_add(0, row_of_token, token_scores)
+        return split_by(sums.tolist(), [len(choices) for choices in candidates])
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
+                 cache: Any, keep: int | torch.Tensor) -> Any:
+        """One forward pass continuing `cache` (None: a new one); its output's logits only where `keep` says: the
+        last `keep` positions, or a (rows, length) mask (one logits row per kept position, in order)."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=keep, **({_cache_argument(self.model): cache} if cache is not None else {}))
+        if isinstance(keep, torch.Tensor) and (out.logits.dim() != 2 or out.logits.shape[0] != int(keep.sum())):
             raise ModelError(f"{type(self.model).__name__} does not return logits for selected positions only; "
                              "set infer.classify: generate")
-        token_scores = logits.float().log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
-        row_of_token = torch.repeat_interleave(torch.arange(len(rows), device=device), keep.sum(-1))
-        sums = torch.zeros(len(rows), device=device).index_add_(0, row_of_token, token_scores).tolist()
-        return split_by(sums, [len(choices) for choices in candidates])
+        return out
+
+    def _right_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token rows padded on the right to one width, and their attention mask."""
+        width, pad = max(len(row) for row in rows), self.tokenizer.pad_token_id
+        ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows], device=self.model.device)
+        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=self.model.device)
+        return ids, mask
 
 
 def _cache_argument(model: PreTrainedModel) -> str:
@@ -164,9 +188,14 @@ def _cache_argument(model: PreTrainedModel) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids of left-padded rows: 0 at each row's first real token (padding at 0 too)."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
+def _common_prefix_length(prompts: list[list[int]]) -> int:
+    """How many leading tokens all prompts share, leaving each at least its last token."""
+    shared = 0
+    for column in zip(*prompts):
+        if any(token != column[0] for token in column):
+            break
+        shared += 1
+    return min(shared, min(len(ids) for ids in prompts) - 1)
 
 
 def _scoring_batches(order: list[int], candidates: Sequence[list[list[int]]], size: int) -> Iterator[list[int]]:
