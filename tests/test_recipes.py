@@ -174,4 +174,4 @@ def test_demo_runs_a_recipe_end_to_end_on_a_tiny_model(tmp_path, tiny_qwen3_dir)
     assert few["test_records"] == 3 and set(few["systems"]) == {"tfidf-logreg", "fine-tuned"}
     assert "held-out news-classify (3 records)" in result.output
     assert "held-out news-classify, few candidates" in result.output
-    assert "FewCLUE (Xu et al. 2021)" in result.output and "0.564" in result.output
+    assert "published: FewCLUE (Xu et al. 2021, arXiv:2107.07498)" in result.output and "0.564" in result.output

@@ -267,9 +267,10 @@ def _reliability_plot(points: dict[str, list[dict[str, float]]]) -> str:
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="calibrated")
     for name, bins in points.items():
         total = sum(b["count"] for b in bins) or 1
-        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", markersize=3, label=name)
+        (line,) = ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", markersize=3,
+                          label=name)
         ax.scatter([b["confidence"] for b in bins], [b["accuracy"] for b in bins],
-                   s=[400 * b["count"] / total for b in bins], alpha=0.25)
+                   s=[400 * b["count"] / total for b in bins], alpha=0.25, color=line.get_color())
     ax.set(xlabel="confidence (the probability of the answer)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(fontsize="small")
     return _svg(fig, "reliability")

@@ -49,7 +49,7 @@ class Published:
 
 
 FEWCLUE_TNEWS = Published(
-    "FewCLUE (Xu et al. 2021), TNEWS few-shot, quoted", "accuracy",
+    "FewCLUE (Xu et al. 2021, arXiv:2107.07498), TNEWS few-shot, quoted", "accuracy",
     {"RoBERTa fine-tuning": 0.49, "PET": 0.545, "P-tuning": 0.559, "best FewCLUE result": 0.564, "human": 0.71},
 )
 
