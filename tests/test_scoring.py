@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from conftest import make_run_dir
 from transformers import AutoModelForCausalLM
 
-from conftest import make_run_dir
 from smalltune.config import TaskConfig
 from smalltune.data.records import Record
 from smalltune.errors import ModelError
@@ -85,7 +85,7 @@ def test_labels_sharing_a_prefix_are_told_apart_by_their_end_of_turn_token(tmp_p
 
 
 def test_scoring_in_small_batches_gives_the_same_probabilities(tmp_path, model, qwen3_tokenizer, monkeypatch):
-    import smalltune.inference.transformers_engine as transformers_engine
+    from smalltune.inference import transformers_engine
 
     engine = Engine(model, qwen3_tokenizer, classify_config(tmp_path, "tiny"))
     together = engine.generate(RECORDS).probabilities

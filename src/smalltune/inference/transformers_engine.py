@@ -20,8 +20,8 @@ from xgrammar import CompiledGrammar
 
 from smalltune.config import TaskConfig
 from smalltune.data.records import Record
-from smalltune.inference.constrain import Grammars, logits_processor
 from smalltune.errors import ModelError
+from smalltune.inference.constrain import Grammars, logits_processor
 from smalltune.inference.engine import Engine, OnBatch, split_by
 from smalltune.models import choose_dtype, load_model
 
