@@ -83,6 +83,7 @@ def test_random_model_gives_valid_grounded_json_when_constrained(tmp_path, tiny_
 
 def test_random_model_answers_one_of_the_candidates_when_constrained(tmp_path, tiny_qwen3_dir, qwen3_tokenizer):
     config = _config(tmp_path, tiny_qwen3_dir, kind="classify", labels=["体育", "财经", "科技"])
+    config = config.model_copy(update={"infer": config.infer.model_copy(update={"classify": "generate"})})
     engine = Engine(AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir), qwen3_tokenizer, config)
     records = [Record("a", "t", "中超联赛第十轮战报", "体育"), Record("b", "t", "央行宣布降准", "财经", candidates=["财经", "娱乐"])]
     texts = engine.generate(records).texts

@@ -12,7 +12,7 @@ from smalltune.evaluation.evaluate import TUNED, UNTUNED
 
 @pytest.mark.slow
 def test_demo_fine_tune_meets_the_target_on_held_out_complaints(tmp_path):
-    results = run_demo(tmp_path, n_train=320, n_test=100, log=lambda _: None)
+    results = run_demo(tmp_path, n_train=320, n_test=100, log=lambda _: None).held_out
     tuned, untuned = results[TUNED].metrics, results[UNTUNED].metrics
     assert tuned["json_valid"] == 1.0
     assert tuned["field_exact"] >= 0.99 and tuned["record_exact"] >= 0.95

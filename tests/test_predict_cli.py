@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from conftest import write_jsonl
@@ -90,3 +91,21 @@ def test_data_check_lists_every_invalid_record_with_file_and_line(tmp_path, tiny
     assert "d.jsonl:4:" in result.output and "email" in result.output
     assert "d.jsonl:8:" in result.output and "input" in result.output
     assert "duplicate" in result.output and "p50" in result.output
+
+
+def test_predict_rows_of_a_classify_run_carry_each_candidates_probability(tmp_path, tiny_qwen3_dir):
+    from conftest import make_run_dir
+
+    # labels 投诉, 咨询, 表扬; a record may bring its own (alpaca's candidates column)
+    run_dir = make_run_dir(tmp_path, tiny_qwen3_dir, "classify",
+                           data={"train": tmp_path / "train.jsonl", "columns": {"candidates": "candidates"}})
+    inputs = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "input": "快递三天没到，太慢了", "candidates": "投诉,咨询,表扬"},
+                                                 {"id": "b", "input": "请问几点营业", "candidates": ["咨询", "表扬"]}])
+    out = tmp_path / "out.jsonl"
+    result = runner.invoke(app, ["predict", str(run_dir), str(inputs), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {r["id"]: r for r in map(json.loads, out.read_text(encoding="utf-8").splitlines())}
+    assert list(rows["a"]["scores"]) == ["投诉", "咨询", "表扬"] and list(rows["b"]["scores"]) == ["咨询", "表扬"]
+    for row in rows.values():
+        assert sum(row["scores"].values()) == pytest.approx(1.0)
+        assert row["result"] == row["answer"] == max(row["scores"], key=row["scores"].get) and row["error"] is None

@@ -16,7 +16,7 @@ from smalltune.config import load_config
 from smalltune.data.records import load_splits
 from smalltune.recipes.demo import RECIPES, get_recipe, prepare_recipe
 from smalltune.recipes.synth.shared_data import shared_data_dir
-from smalltune.recipes.synth.tnews import news_records, tnews_labels, write_news
+from smalltune.recipes.synth.tnews import FEW_CANDIDATES_FILE, few_candidate_records, tnews_labels, write_news
 from smalltune.errors import ConfigError, DataError
 from smalltune.tasks import build_task
 
@@ -68,9 +68,9 @@ def test_candidates_hold_the_gold_label_among_distractors_deterministically():
 
     labels = ["体育", "财经", "科技", "娱乐", "军事", "教育", "旅游"]
     rows = [{"id": i, "text": f"标题{i}", "label": labels[i % 7]} for i in range(50)]
-    first = news_records(rows, labels, random.Random(3), "train")
-    assert first == news_records(rows, labels, random.Random(3), "train")
-    assert first != news_records(rows, labels, random.Random(4), "train")
+    first = few_candidate_records(rows, labels, random.Random(3), "train")
+    assert first == few_candidate_records(rows, labels, random.Random(3), "train")
+    assert first != few_candidate_records(rows, labels, random.Random(4), "train")
     for record in first:
         assert record["output"] in record["category"]
         assert 3 <= len(record["category"]) <= 6 and len(set(record["category"])) == len(record["category"])
@@ -79,21 +79,26 @@ def test_candidates_hold_the_gold_label_among_distractors_deterministically():
 
 
 @needs_shared_data
-def test_tnews_recipe_data_loads_through_the_column_mapping(tmp_path):
+def test_tnews_recipe_asks_among_all_15_labels_and_the_few_candidate_file_among_its_own(tmp_path):
     task_file = prepare_recipe("news-classify", tmp_path, n_train=40, n_test=20, log=lambda _: None)
     config = load_config(task_file)
     task = build_task(config)
+    labels = list(dict.fromkeys(tnews_labels(SHARED_DATA).values()))
+    assert len(labels) == 15 and config.labels == labels  # the task file lists them in the data's order
     splits = load_splits(config.data, check=task.check)
-    assert splits.problems == [] and len(splits.train) + len(splits.validation) == 40 and len(splits.test) == 20
-    labels = set(tnews_labels(SHARED_DATA).values())
-    assert len(labels) == 15
+    assert splits.problems == [] and len(splits.train) == 40 and len(splits.test) == 20  # every headline trains
     for record in splits.train + splits.test:
-        assert record.output in record.candidates and set(record.candidates) <= labels
-    assert "候选类别：" + "，".join(splits.test[0].candidates) in task.messages(splits.test[0])[-1]["content"]
+        assert list(record.candidates) == labels and record.output in labels
+    assert "候选类别：" + "，".join(labels) in task.messages(splits.test[0])[-1]["content"]
     assert {r.id.split("-")[0] for r in splits.test} == {"test"}  # test headlines come from the dev file
+
+    few = load_splits(config.data.model_copy(update={"test": tmp_path / "data" / FEW_CANDIDATES_FILE}), check=task.check)
+    assert few.problems == [] and [r.id for r in few.test] == [r.id for r in splits.test]  # the same headlines
+    for record, full in zip(few.test, splits.test):
+        assert record.input == full.input and record.output in record.candidates and 3 <= len(record.candidates) <= 6
     again = tmp_path / "again"
     prepare_recipe("news-classify", again, n_train=40, n_test=20, log=lambda _: None)
-    for name in ("train.jsonl", "test.jsonl"):
+    for name in ("train.jsonl", "test.jsonl", FEW_CANDIDATES_FILE):
         assert (again / "data" / name).read_bytes() == (tmp_path / "data" / name).read_bytes()
 
 
@@ -105,10 +110,15 @@ def test_tfidf_baseline_beats_chance_on_tnews(tmp_path):
     baseline = build_baseline("tfidf-logreg", config)
     baseline.fit(splits.train)
     answers = baseline.answer(splits.test)
-    parsed = [task.parse(a, r) for a, r in zip(answers, splits.test)]
+    probabilities = baseline.probabilities(splits.test)
+    parsed = task.parse_all(answers, splits.test, probabilities)
     assert all(p.ok for p in parsed)
     chance = sum(1 / len(r.candidates) for r in splits.test) / len(splits.test)
-    assert task.score(parsed, splits.test)["accuracy"] > chance + 0.15
+    scores = task.score(parsed, splits.test)
+    assert scores["accuracy"] > chance + 0.15 and 0 <= scores["ece"] < 1  # 15-way: chance 1/15
+    for answer, probability in zip(answers, probabilities):
+        assert len(probability) == 15 and sum(probability.values()) == pytest.approx(1.0)
+        assert answer == max(probability, key=probability.get)
 
 
 def test_tfidf_baseline_is_for_classify_tasks_only():
@@ -159,4 +169,9 @@ def test_demo_runs_a_recipe_end_to_end_on_a_tiny_model(tmp_path, tiny_qwen3_dir)
     metrics = json.loads((tmp_path / "news-classify" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["test_records"] == 3
     assert set(metrics["systems"]) == {"tfidf-logreg", "untuned", "untuned 3-shot", "fine-tuned"}
+    assert "ece" in metrics["systems"]["fine-tuned"]["metrics"]  # answered by scoring the 15 labels
+    few = json.loads((tmp_path / "news-classify" / "eval-test-few" / "metrics.json").read_text(encoding="utf-8"))
+    assert few["test_records"] == 3 and set(few["systems"]) == {"tfidf-logreg", "fine-tuned"}
     assert "held-out news-classify (3 records)" in result.output
+    assert "held-out news-classify, few candidates" in result.output
+    assert "published: FewCLUE (Xu et al. 2021, arXiv:2107.07498)" in result.output and "0.564" in result.output

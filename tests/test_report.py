@@ -13,6 +13,7 @@ from smalltune.config import TaskConfig
 from smalltune.data.records import Record
 from smalltune.evaluation.evaluate import TUNED, UNTUNED, few_shot_name, save_results, score_answers
 from smalltune.evaluation.report import _char_diff, write_report
+from smalltune.io import read_jsonl
 from smalltune.tasks import build_task
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -99,6 +100,29 @@ def test_classify_report_shows_a_confusion_matrix_per_system_and_label_names_as_
     assert "(no label)" in element(page, "table", "confusion-0")
     assert all(f">{label}<" in element(page, "figure", "plot-groups") for label in labels)  # text, not paths
     assert "## Confusion matrices" in (run_dir / "report.md").read_text(encoding="utf-8")
+
+
+def test_classify_report_draws_a_reliability_diagram_for_the_systems_with_probabilities(tmp_path):
+    labels = ["体育", "财经"]
+    records = [Record(id=str(i), where=f"f:{i}", input="标题", output=gold) for i, gold in enumerate(["体育", "财经"] * 3)]
+    config = TaskConfig(name="report-calibration", kind="classify", labels=labels, data={"train": "x.jsonl"},
+                        output_dir=tmp_path)
+    scoring = build_task(config)
+    sure = [{"体育": 0.95, "财经": 0.05}] * 6  # always 体育, sure of it: right half the time
+    results = {UNTUNED: score_answers(scoring, UNTUNED, records, ["体育"] * 6, 0.5),  # generated: no probabilities
+               TUNED: score_answers(scoring, TUNED, records, ["体育"] * 6, 0.5, probabilities=sure)}
+    save_results(config.run_dir, config, scoring, records, results)
+    write_report(config.run_dir)
+    page = (config.run_dir / "report.html").read_text(encoding="utf-8")
+    assert re.search(r"<th>ece</th><td[^>]*>– <span[^>]*></span></td><td[^>]*>0.450 ", element(page, "table", "scores"))
+    diagram = element(page, "figure", "plot-reliability")
+    assert "<svg" in diagram and f"{TUNED} 0.450" in diagram and UNTUNED not in diagram.split("<figcaption>")[1]
+    assert re.search(r"<th>0.9-1.0</th><td[^>]*>6</td><td[^>]*>0.950</td><td[^>]*>0.500</td>",
+                     element(page, "table", "calibration"))
+    markdown = (config.run_dir / "report.md").read_text(encoding="utf-8")
+    assert "## Calibration" in markdown and "| ece | – | 0.450 [" in markdown
+    first = read_jsonl(config.run_dir / "predictions.jsonl")[0]
+    assert first["probabilities"] == {TUNED: {"体育": 0.95, "财经": 0.05}}
 
 
 def test_chat_report_puts_replies_before_and_after_tuning_side_by_side(tmp_path):

@@ -109,14 +109,28 @@ def test_health_models_auth_body_limit_and_per_request_extract_errors(runs, monk
         assert httpx2.get(f"{url}/health").json()["requests_batched"] == 3
 
 
-def test_classify_answers_one_of_the_candidates_or_says_why_not(runs):
-    with running(create_app(Engine.from_run(runs["classify"]))) as url:
-        question = {"text": "快递三天没到", "candidates": ["物流", "售后"]}
+def test_classify_answers_one_of_the_candidates_with_each_ones_probability(runs):
+    engine = Engine.from_run(runs["classify"])
+    with running(create_app(engine)) as url:
+        question = {"text": "快递三天没到", "candidates": ["物流", "售后服务"]}
         reply = httpx2.post(f"{url}/v1/classify", json=question, timeout=60)
         assert reply.status_code == 200
         answer = reply.json()
-        assert answer["label"] in ("物流", "售后") or (answer["label"] is None and answer["error"])
+        assert list(answer["scores"]) == ["物流", "售后服务"] and sum(answer["scores"].values()) == pytest.approx(1.0)
+        assert answer["label"] == answer["answer"] == max(answer["scores"], key=answer["scores"].get)
+        record = Record(id="q", where="q", input="快递三天没到", output=None, candidates=("物流", "售后服务"))
+        assert answer["scores"] == pytest.approx(engine.generate([record]).probabilities[0])  # as predict answers it
+        defaults = httpx2.post(f"{url}/v1/classify", json={"text": "谢谢你们的耐心"}, timeout=60).json()
+        assert list(defaults["scores"]) == ["投诉", "咨询", "表扬"]  # the task's labels
         assert httpx2.post(f"{url}/v1/extract", json={"text": "x"}).status_code == 404
+
+
+def test_classify_in_generate_mode_answers_without_scores(runs):
+    engine = with_infer(Engine.from_run(runs["classify"]), classify="generate", max_new_tokens=16)
+    with running(create_app(engine)) as url:
+        answer = httpx2.post(f"{url}/v1/classify", json={"text": "快递三天没到"}, timeout=60).json()
+        assert "scores" not in answer
+        assert answer["label"] in ("投诉", "咨询", "表扬") or (answer["label"] is None and answer["error"])
 
 
 def test_openai_client_gets_the_engines_answer_with_token_usage(chat_engine, monkeypatch):

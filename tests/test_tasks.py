@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from smalltune.config import TaskConfig
 from smalltune.data.records import Record
 from smalltune.tasks import Parsed, build_task
@@ -70,6 +72,21 @@ def test_classify_score_accuracy_macro_f1_and_invalid_share():
     scores = t.score([Parsed("体育"), Parsed("体育"), Parsed(None, "x")], golds)
     assert round(scores["accuracy"], 3) == 0.333 and round(scores["invalid_label"], 3) == 0.333
     assert round(scores["macro_f1"], 3) == round((2 / 3 + 0) / 2, 3)
+
+
+def test_classify_expected_calibration_error_from_the_answers_probabilities():
+    """Four answers: two at 0.9 confidence (one right), two at 0.55 (both right).
+    Bin 0.9-1.0: accuracy 0.5 vs confidence 0.9; bin 0.5-0.6: accuracy 1.0 vs 0.55.
+    ECE = 2/4 * |0.5 - 0.9| + 2/4 * |1.0 - 0.55| = 0.2 + 0.225 = 0.425."""
+    t = task("classify", labels=["体育", "财经"])
+    golds = [rec("体育"), rec("财经"), rec("体育"), rec("财经")]
+    sure, leaning = {"体育": 0.9, "财经": 0.1}, {"体育": 0.55, "财经": 0.45}
+    parsed = t.parse_all(["体育", "体育", "体育", "财经"], golds, [sure, sure, leaning, {"体育": 0.45, "财经": 0.55}])
+    assert t.score(parsed, golds)["ece"] == pytest.approx(0.425)
+    bins = t.details(parsed, golds)["calibration"]["bins"]
+    assert [(b["low"], b["count"], b["accuracy"]) for b in bins] == [(0.5, 2, 1.0), (0.9, 2, 0.5)]
+    assert bins[0]["confidence"] == pytest.approx(0.55) and bins[1]["confidence"] == pytest.approx(0.9)
+    assert "ece" not in t.score([Parsed("体育")] * 4, golds)  # answers without probabilities get no ECE
 
 
 def test_chat_messages_put_history_between_system_and_user():

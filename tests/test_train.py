@@ -79,3 +79,20 @@ def test_a_training_file_with_no_valid_record_is_a_clear_error(tmp_path, tiny_qw
     with pytest.raises(DataError, match="no valid training records"):
         build_trainer(config)
     assert "train.jsonl:1" in (config.run_dir / "invalid_records.txt").read_text()
+
+
+def test_classify_validation_during_training_scores_the_labels(tmp_path, tiny_qwen3_dir):
+    """The validation metrics come from the engine as eval answers: by scoring, so the calibration error is logged."""
+    headlines = [("中超联赛第十轮战报", "体育"), ("央行宣布降准", "财经"), ("新款手机发布", "科技")] * 4
+    rows = [{"id": f"r{i}", "input": text, "output": label} for i, (text, label) in enumerate(headlines)]
+    config = TaskConfig(
+        name="tiny-classify", kind="classify", labels=["体育", "财经", "科技"],
+        data={"train": write_jsonl(tmp_path / "train.jsonl", rows), "validation_share": 0.25, "test_share": 0},
+        model={"name": str(tiny_qwen3_dir), "max_length": 256, "dtype": "float32"},
+        train={"epochs": 1, "batch_size": 3, "logging_steps": 1, "save_steps": 3, "report_to": "none"},
+        infer={"batch_size": 4}, output_dir=tmp_path / "runs",
+    )
+    train(config)
+    logged = [json.loads(line) for line in (config.run_dir / "train_log.jsonl").read_text().splitlines()]
+    evaluated = [entry for entry in logged if "eval_accuracy" in entry]
+    assert evaluated and all(0 <= entry["eval_ece"] <= 1 for entry in evaluated)

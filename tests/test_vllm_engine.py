@@ -96,7 +96,8 @@ def test_classify_grammar_yields_one_of_the_labels(engines, tiny_run):
     hf, vl = engines
     config = load_config(tiny_run / "task.yaml")
     labels = ["投诉", "咨询", "表扬"]
-    classify = config.model_copy(update={"kind": "classify", "fields": {}, "labels": labels})
+    classify = config.model_copy(update={"kind": "classify", "fields": {}, "labels": labels,
+                                         "infer": config.infer.model_copy(update={"classify": "generate"})})
     vl_classify = with_task(vl, classify, RunDir(tiny_run).adapter)
     records = held_out(4)
     answers = vl_classify.generate(records).texts

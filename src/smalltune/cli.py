@@ -120,17 +120,18 @@ def train(task_file: Path = TaskFile, resume: bool = typer.Option(False, help="C
 def _with_interval(result, metric: str) -> str:
     from smalltune.evaluation.report import value_and_interval
 
-    return " ".join(filter(None, value_and_interval(result.metrics[metric], result.intervals.get(metric))))
+    return " ".join(filter(None, value_and_interval(result.metrics.get(metric), result.intervals.get(metric))))
 
 
 def print_results(results: dict, title: str) -> None:
     """The side-by-side table of metrics per system, with 95% bootstrap intervals."""
+    from smalltune.evaluation.report import metric_names
+
     table = Table(title=title)
     table.add_column("metric")
     for name in results:
         table.add_column(name, justify="right")
-    first = next(iter(results.values()))
-    for metric in first.metrics:
+    for metric in metric_names(r.metrics for r in results.values()):
         table.add_row(metric, *(_with_interval(r, metric) for r in results.values()))
     table.add_row("records/s", *(f"{r.records_per_second:.2f}" for r in results.values()))
     console.print(table)
@@ -141,6 +142,8 @@ def eval_(
     run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>)."),
     limit: int = typer.Option(None, help="Score only the first N test records."),
     engine: str = EngineName,
+    test: Path = typer.Option(None, help="Score the records of this file (read like the task's test file) instead; "
+                              "the results go to RUN_DIR/eval-<file name>/."),
 ) -> None:
     """Score the baselines, the untuned model (zero- and few-shot) and the fine-tuned one on the held-out records,
     side by side; writes metrics.json, predictions.jsonl, report.md and report.html into the run directory."""
@@ -148,9 +151,9 @@ def eval_(
     from smalltune.runs import RunDir
 
     with _RecordBar("eval") as bar:
-        results = evaluate_run(run_dir, limit=limit, on_batch=bar.advance, engine=engine)
-    print_results(results, f"eval: {run_dir}")
-    run = RunDir(run_dir)
+        results = evaluate_run(run_dir, limit=limit, on_batch=bar.advance, engine=engine, test_file=test)
+    print_results(results, f"eval: {run_dir}" + (f" on {test}" if test else ""))
+    run = RunDir(run_dir) if test is None else RunDir(run_dir).evaluation(test)
     console.print(f"wrote {run.metrics}, {run.predictions} and the report {run.report_html}")
 
 
@@ -201,12 +204,30 @@ def demo(
         return
     n_test = test_records if test_records is not None else chosen.n_test
     model_passes = 3 if chosen.config().eval.few_shot else 2  # untuned, untuned few-shot, fine-tuned
+    model_passes += len(chosen.other_tests)  # the fine-tuned model on each other test file
     started = time.perf_counter()
     with _RecordBar("eval: untuned, then fine-tuned", total=model_passes * n_test) as bar:
         results = run_demo(work_dir, train_records, n_test, log=console.print, on_batch=bar.advance,
                            recipe=recipe, data_dir=data_dir, model=model)
-    print_results(results, f"held-out {recipe} ({n_test} records)")
+    print_results(results.held_out, f"held-out {recipe} ({n_test} records)")
+    for title, other in results.other_tests.items():
+        print_results(other, f"held-out {recipe}, {title}")
+    if chosen.published:
+        print_published(chosen.published, results.held_out)
     console.print(f"total time: {(time.perf_counter() - started) / 60:.1f} min; results in {work_dir}")
+
+
+def print_published(published, results: dict) -> None:
+    """The recipe's published figures beside each system's value of the same metric on the held-out records."""
+    table = Table(title=f"{published.metric}: this run and published results")
+    table.add_column("system")
+    table.add_column(published.metric, justify="right")
+    for name, result in results.items():
+        table.add_row(f"{name} (this run)", _with_interval(result, published.metric))
+    for name, value in published.results.items():
+        table.add_row(f"{name} (published)", f"{value:.3f}")
+    console.print(table)
+    console.print(f"published: {published.source}")
 
 
 @app.command()

@@ -121,6 +121,13 @@ class InferSettings(_Strict):
     merge_adapter: bool = Field(
         True, description="predict, serve and eval's fine-tuned pass fold the LoRA weights into the base model (faster)"
     )
+    classify: Literal["score", "generate"] = Field(
+        "score", description="how a classify task answers. score: the prompt runs once, then each candidate label "
+        "(its text and the end-of-turn token, the completion training teaches) is scored after it, sharing the "
+        "prompt's KV cache; the likeliest label is the answer and every answer carries each candidate's probability "
+        "(`scores`). generate: the label is decoded token by token (one of the candidates when constrained), "
+        "without probabilities; the vLLM engine answers this way only",
+    )
 
 
 class EvalSettings(_Strict):

@@ -141,12 +141,18 @@ class Example:
     truncated: bool
 
 
+def answer_ids(tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: Sequence[Record]) -> list[list[int]]:
+    """Each record's answer + end-of-turn ids, the completion training labels (and classification scores),
+    tokenised in one batch."""
+    closing = end_of_turn(tokenizer)
+    return _token_ids(tokenizer, [task.answer(r) + closing for r in records])
+
+
 def _answer_and_prompt_ids(
     tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: Sequence[Record], enable_thinking: bool
 ) -> tuple[list[list[int]], list[list[int]]]:
     """Each record's answer + end-of-turn ids and its full prompt's ids, each list tokenised in one batch."""
-    closing = end_of_turn(tokenizer)
-    answers = _token_ids(tokenizer, [task.answer(r) + closing for r in records])
+    answers = answer_ids(tokenizer, task, records)
     return answers, _token_ids(tokenizer, _prompt_texts(tokenizer, task, records, enable_thinking))
 
 

@@ -96,3 +96,8 @@ class RunDir:
     @property
     def report_html(self) -> Path:
         return self.path / "report.html"
+
+    def evaluation(self, test_file: Path) -> RunDir:
+        """Where `eval --test FILE` puts the results on another test file: the folder eval-<file stem>, holding
+        the same result files (metrics.json, predictions.jsonl, report.md, report.html) as the run directory."""
+        return RunDir(self.path / f"eval-{Path(test_file).stem}")

@@ -35,6 +35,10 @@ class Baseline:
         """One answer text per record, in the task's answer form."""
         raise NotImplementedError
 
+    def probabilities(self, records: list[Record]) -> list[dict[str, float]] | None:
+        """Each record's candidate answers with the probability the baseline gives them; None when it gives none."""
+        return None
+
 
 def build_baseline(name: str, config: TaskConfig) -> Baseline:
     """The registered baseline `name` for this task; ConfigError names the choices, or the kinds it serves."""
@@ -46,7 +50,8 @@ def build_baseline(name: str, config: TaskConfig) -> Baseline:
 
 
 class TfidfLogReg(Baseline):
-    """Character 1-3-gram TF-IDF and logistic regression; answers the likeliest of each record's candidates."""
+    """Character 1-3-gram TF-IDF and logistic regression; answers the likeliest of each record's candidates, its
+    probabilities renormalised over them (a label unseen in training gets 0)."""
 
     name = "tfidf-logreg"
     kinds = ("classify",)
@@ -67,12 +72,17 @@ class TfidfLogReg(Baseline):
         self.model.fit([r.input for r in train], [str(r.output) for r in train])
 
     def answer(self, records: list[Record]) -> list[str]:
+        return [max(p, key=p.__getitem__) for p in self.probabilities(records)]
+
+    def probabilities(self, records: list[Record]) -> list[dict[str, float]]:
         classes = list(self.model.classes_)
-        answers = []
+        found = []
         for record, row in zip(records, self.model.predict_proba([r.input for r in records])):
-            probability = dict(zip(classes, row))
-            answers.append(max(self.task.candidates(record), key=lambda label: probability.get(label, -1.0)))
-        return answers
+            fitted = dict(zip(classes, row))
+            choices = {label: float(fitted.get(label, 0.0)) for label in self.task.choices(record)}
+            total = sum(choices.values())
+            found.append({label: p / total if total else 1 / len(choices) for label, p in choices.items()})
+        return found
 
 
 class PageExtractor(Baseline):

@@ -1,7 +1,8 @@
 """Evaluation: every system on the same held-out records, side by side.
 
 The systems: each baseline in `eval.baselines`, the untuned model zero-shot, the untuned model with
-`eval.few_shot` solved training examples in its prompt, and the fine-tuned model. Each answers in text;
+`eval.few_shot` solved training examples in its prompt, and the fine-tuned model. Each answers in text (with
+each candidate's probability where it has them: a model scoring classify labels, a baseline's own estimate);
 the task's own `parse` and `score` judge all of them, and every score carries a 95% bootstrap interval.
 """
 
@@ -41,6 +42,7 @@ class SystemResult:
     new_tokens: int
     details: dict[str, Any] = field(default_factory=dict)
     record_scores: list[float] = field(default_factory=list)
+    probabilities: list[dict[str, float]] | None = None  # each answer's candidates and their probabilities
 
     @property
     def records_per_second(self) -> float:
@@ -53,10 +55,12 @@ class SystemResult:
 
 
 def score_answers(
-    task: TaskKind, name: str, records: list[Record], answers: list[str], seconds: float, new_tokens: int = 0
+    task: TaskKind, name: str, records: list[Record], answers: list[str], seconds: float, new_tokens: int = 0,
+    probabilities: list[dict[str, float]] | None = None,
 ) -> SystemResult:
-    """Parse and score one system's answers: headline metrics with intervals, extras, a score per record."""
-    parsed = [task.parse(text, record) for text, record in zip(answers, records, strict=True)]
+    """Parse and score one system's answers (with their candidates' probabilities when it has them): headline
+    metrics with intervals, extras, a score per record."""
+    parsed = task.parse_all(answers, records, probabilities)
     return SystemResult(
         name=name,
         metrics=task.score(parsed, records),
@@ -66,6 +70,7 @@ def score_answers(
         new_tokens=new_tokens,
         details=task.details(parsed, records),
         record_scores=[task.record_score(p, r) for p, r in zip(parsed, records)],
+        probabilities=probabilities,
     )
 
 
@@ -80,7 +85,8 @@ def run_system(
     """Answer and score the records with the engine as it stands (adapter on or off), after `shots` if given,
     in prompts of at most `budget` tokens (default model.max_length)."""
     generation = engine.generate(records, on_batch, shots=shots, budget=budget)
-    return score_answers(engine.task, name, records, generation.texts, generation.seconds, generation.new_tokens)
+    return score_answers(engine.task, name, records, generation.texts, generation.seconds, generation.new_tokens,
+                         generation.probabilities)
 
 
 def run_baseline(name: str, config: TaskConfig, train: list[Record], records: list[Record]) -> SystemResult:
@@ -89,7 +95,8 @@ def run_baseline(name: str, config: TaskConfig, train: list[Record], records: li
     baseline.fit(train)
     started = time.perf_counter()
     answers = baseline.answer(records)
-    return score_answers(build_task(config), name, records, answers, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return score_answers(build_task(config), name, records, answers, seconds, probabilities=baseline.probabilities(records))
 
 
 def bootstrap_intervals(
@@ -109,33 +116,39 @@ def bootstrap_intervals(
 
 def evaluate_run(
     run_dir: Path | RunDir, limit: int | None = None, on_batch: OnBatch | None = None, engine: str = "transformers",
-    **engine_options: Any,
+    test_file: Path | None = None, untuned: bool = True, **engine_options: Any,
 ) -> dict[str, SystemResult]:
     """Score the baselines, the untuned model (zero- and few-shot) and the fine-tuned one on the run's test
     records; write metrics.json, predictions.jsonl, report.md and report.html into the run directory.
 
-    The models run in the engine registered as `engine` (`load_engine`). The few-shot examples are the first
-    `eval.few_shot` training records; their prompt may grow by one training example's length (model.max_length)
-    per shot, so the test record is not cut to make room.
+    `test_file` (read like the task's test file) replaces the test records; its results go to the run's folder
+    for that file (`RunDir.evaluation`) instead. Without `untuned` the untuned model is not measured. The models
+    run in the engine registered as `engine` (`load_engine`). The few-shot examples are the first `eval.few_shot`
+    training records; their prompt may grow by one training example's length (model.max_length) per shot, so the
+    test record is not cut to make room.
     """
     run = RunDir.load(run_dir)
     config = run.config()
     task = build_task(config)
-    splits = load_splits(config.data, check=task.check)
+    data = config.data if test_file is None else config.data.model_copy(update={"test": Path(test_file)})
+    splits = load_splits(data, check=task.check)
     records = splits.test[:limit]
     results = {name: run_baseline(name, config, splits.train, records) for name in config.eval.baselines}
     model = load_engine(run, engine, merge=False, **engine_options)
-    shots = splits.train[: config.eval.few_shot]
-    with model.untuned():
-        results[UNTUNED] = run_system(model, UNTUNED, records, on_batch)
-        if shots:
-            name = few_shot_name(len(shots))
-            results[name] = run_system(model, name, records, on_batch, shots, config.model.max_length * (len(shots) + 1))
+    shots = splits.train[: config.eval.few_shot] if untuned else []
+    if untuned:
+        with model.untuned():
+            results[UNTUNED] = run_system(model, UNTUNED, records, on_batch)
+            if shots:
+                name = few_shot_name(len(shots))
+                results[name] = run_system(model, name, records, on_batch, shots,
+                                           config.model.max_length * (len(shots) + 1))
     if config.infer.merge_adapter:  # answer as predict and serve will: the adapter folded in (the untuned passes are done)
         model = model.merged()
     results[TUNED] = run_system(model, TUNED, records, on_batch)
-    save_results(run, config, task, records, results, shots)
-    write_report(run)
+    results_dir = run if test_file is None else run.evaluation(Path(test_file))
+    save_results(results_dir, config, task, records, results, shots)
+    write_report(results_dir)
     return results
 
 
@@ -147,8 +160,9 @@ def save_results(
     results: dict[str, SystemResult],
     shots: Sequence[Record] = (),
 ) -> None:
-    """metrics.json (scores, intervals, extras and speed per system) and predictions.jsonl (every answer and
-    its per-record score, per record), the inputs of the report."""
+    """metrics.json (scores, intervals, extras and speed per system) and predictions.jsonl (every answer, its
+    per-record score and, for systems that have them, its candidates' probabilities, per record), the inputs of
+    the report."""
     run = RunDir.at(run)
     atomic_write_json(
         run.metrics,
@@ -181,6 +195,7 @@ def save_results(
             "reference_answer": task.answer(rec),
             "answers": {name: r.answers[i] for name, r in results.items()},
             "scores": {name: round(r.record_scores[i], 4) for name, r in results.items()},
+            "probabilities": {name: r.probabilities[i] for name, r in results.items() if r.probabilities is not None},
         }
         for i, rec in enumerate(records)
     ])

@@ -13,6 +13,7 @@ import io
 import json
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,14 +89,25 @@ def write_report(run_dir: Path | RunDir) -> tuple[Path, Path]:
 # ---- shared views of the results -------------------------------------------------------------
 
 
-def value_and_interval(value: float, interval: tuple[float, float] | list[float] | None) -> tuple[str, str]:
-    """A metric as shown everywhere: the value (3 decimals) and its 95% interval ('' when it is a single point)."""
+NO_VALUE = "–"  # a metric a system has none of (e.g. the calibration error of answers without probabilities)
+
+
+def value_and_interval(value: float | None, interval: tuple[float, float] | list[float] | None) -> tuple[str, str]:
+    """A metric as shown everywhere: the value (3 decimals) and its 95% interval ('' when it is a single point);
+    NO_VALUE when the system has no such metric."""
+    if value is None:
+        return NO_VALUE, ""
     lo, hi = interval or (None, None)
     return f"{value:.3f}", "" if lo is None or lo == hi else f"[{lo:.2f}, {hi:.2f}]"
 
 
+def metric_names(metrics: Iterable[dict[str, float]]) -> list[str]:
+    """Every metric any system has, in the order they first appear."""
+    return list(dict.fromkeys(name for system in metrics for name in system))
+
+
 def _with_interval(system: dict[str, Any], metric: str) -> tuple[str, str]:
-    return value_and_interval(system["metrics"][metric], system["ci95"].get(metric))
+    return value_and_interval(system["metrics"].get(metric), system["ci95"].get(metric))
 
 
 def _hours(hours: float) -> str:
@@ -148,11 +160,10 @@ def _md_table(head: list[str], rows: list[list[Any]]) -> str:
 def render_markdown(results: RunResults) -> str:
     """The report as Markdown: the same tables as the HTML, without plots."""
     summary, systems = results.summary, results.systems
-    first = next(iter(systems.values()))
     headline_rows = [
         [f"**{metric}**" if metric == results.headline else metric,
          *(" ".join(filter(None, _with_interval(s, metric))) for s in systems.values())]
-        for metric in first["metrics"]
+        for metric in metric_names(s["metrics"] for s in systems.values())
     ]
     parts = [
         f"# smalltune report: {summary['task']}",
@@ -248,6 +259,23 @@ def _bars_plot(title: str, groups: list[str], series: dict[str, list[float]]) ->
     return _svg(fig, "bars")
 
 
+def _reliability_plot(points: dict[str, list[dict[str, float]]]) -> str:
+    """A reliability diagram: per system, each confidence bin's accuracy against its mean confidence (marker area
+    by the bin's answers), over the diagonal of perfect calibration."""
+    fig = _figure(5.2, 4.4)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="calibrated")
+    for name, bins in points.items():
+        total = sum(b["count"] for b in bins) or 1
+        (line,) = ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", markersize=3,
+                          label=name)
+        ax.scatter([b["confidence"] for b in bins], [b["accuracy"] for b in bins],
+                   s=[400 * b["count"] / total for b in bins], alpha=0.25, color=line.get_color())
+    ax.set(xlabel="confidence (the probability of the answer)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(fontsize="small")
+    return _svg(fig, "reliability")
+
+
 # ---- html ------------------------------------------------------------------------------------
 
 
@@ -288,6 +316,7 @@ def render_html(results: RunResults) -> str:
         _html_throughput(results),
         _html_training(results),
         _html_groups(results),
+        _html_reliability(results),
     ]
     sections += [_html_section(section) for section in results.sections()]
     sections.append(_html_errors(results, _tuned_name(results)))
@@ -306,7 +335,7 @@ def render_html(results: RunResults) -> str:
 def _html_scores(results: RunResults) -> str:
     systems = results.systems
     rows = []
-    for metric in next(iter(systems.values()))["metrics"]:
+    for metric in metric_names(s["metrics"] for s in systems.values()):
         cells = "".join(
             f'<td class="num">{value} <span class="ci">{interval}</span></td>'
             for value, interval in (_with_interval(s, metric) for s in systems.values())
@@ -343,6 +372,18 @@ def _html_groups(results: RunResults) -> str:
     bars = results.kind.report_bars(results.summary)
     return (f"<h2>{_esc(bars.title.capitalize())}</h2>" + '<figure class="plot" id="plot-groups">'
             + _bars_plot(bars.title, bars.groups, bars.series) + f"<figcaption>{_esc(bars.title)}, per system</figcaption></figure>")
+
+
+def _html_reliability(results: RunResults) -> str:
+    """The reliability diagram of the systems whose answers carry probabilities ('' when none do)."""
+    points = results.kind.report_calibration(results.summary)
+    if not points:
+        return ""
+    errors = ", ".join(f"{name} {results.systems[name]['metrics']['ece']:.3f}" for name in points
+                       if "ece" in results.systems[name]["metrics"])
+    return ('<h2>Reliability</h2><figure class="plot" id="plot-reliability">' + _reliability_plot(points)
+            + "<figcaption>Accuracy of the answers in each confidence bin (10 bins) against their mean confidence; "
+            f"points on the diagonal are calibrated. Expected calibration error: {_esc(errors)}.</figcaption></figure>")
 
 
 def _html_rows(table: ReportTable) -> list[str]:

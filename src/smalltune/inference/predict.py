@@ -21,8 +21,9 @@ def predict_file(
 ) -> int:
     """Answer each record not yet in `out`, appending one line per record; returns how many were answered.
 
-    Invalid input records get an error line each instead of stopping the run. `engine` answers them
-    (default: the run's model in the transformers engine, see `load_engine`).
+    Invalid input records get an error line each instead of stopping the run. An answer chosen by scoring its
+    candidates (classify) also gets `scores`: each candidate's probability. `engine` answers them (default: the
+    run's model in the transformers engine, see `load_engine`).
     """
     engine = engine or load_engine(run_dir)
     loaded = load_records(Path(input_file), engine.config.data, require_output=False)
@@ -41,9 +42,12 @@ def predict_file(
         for start in range(0, len(todo), chunk):
             records = todo[start : start + chunk]
             generation = engine.generate(records, on_batch)
-            for record, text, cut in zip(records, generation.texts, generation.truncated):
-                parsed = engine.task.parse(text, record)
-                handle.write(json_line({"id": record.id, "answer": text, "result": parsed.value, "error": parsed.error,
-                                        "input_shortened": cut}))
+            parsed = engine.task.parse_all(generation.texts, records, generation.probabilities)
+            for record, text, answer, cut in zip(records, generation.texts, parsed, generation.truncated):
+                row = {"id": record.id, "answer": text, "result": answer.value, "error": answer.error,
+                       "input_shortened": cut}
+                if answer.probabilities is not None:
+                    row["scores"] = answer.probabilities
+                handle.write(json_line(row))
             handle.flush()
     return len(todo)

@@ -3,7 +3,9 @@
 An `Engine` like the others (`inference.engine`), it keeps the same promises: vLLM is fed the token ids of
 `formatting.prompts_for` (the prompts training used), the task kind's EBNF grammars (through vLLM's
 structured outputs, xgrammar backend), greedy decoding that stops at the template's end-of-turn token,
-and the run's LoRA adapter served beside the base model, never merged into it.
+and the run's LoRA adapter served beside the base model, never merged into it. It does not answer by scoring
+candidates (a classify task needs infer.classify: generate here): vLLM's prompt log-probabilities would score
+each prompt + candidate sequence anew, the prompt once per candidate.
 
 vLLM is imported only when an engine is built, so smalltune works without it. vLLM pins its own
 transformers, so on a CPU it lives in a venv of its own: `make setup-vllm` builds `.venv-vllm`.
@@ -31,6 +33,7 @@ from smalltune.data.records import Record
 from smalltune.errors import ConfigError, ModelError
 from smalltune.inference.engine import Engine, OnBatch
 from smalltune.models import choose_dtype
+from smalltune.tasks import build_task
 
 INSTALL_HINT = "build its environment with `make setup-vllm` and run .venv-vllm/bin/smalltune (with a GPU: pip install 'vllm>=0.33')"
 CPU_KV_CACHE_GIB = 1.0
@@ -122,6 +125,10 @@ class VllmEngine(Engine):
         cls, config: TaskConfig, adapter: Path | None = None, settings: VllmSettings = VllmSettings(), **options: Any
     ) -> VllmEngine:
         """The task's base model in vLLM, with the adapter (a peft LoRA folder) ready to serve when given."""
+        if build_task(config).scores_choices:
+            raise ModelError(f"task '{config.name}': the vLLM engine does not score candidate labels; set "
+                             "infer.classify: generate in the task file (the label decoded, one of the candidates), "
+                             "or use the transformers engine, which scores them")
         require_vllm()
         from vllm import LLM
 

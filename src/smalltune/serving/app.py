@@ -8,7 +8,8 @@ Endpoints:
   reads a record and prompted through the task's own messages, exactly as in training: the task's
   instruction before the last user turn, the task's system prompt when the request brings none.
 - The task kind's own endpoint (`TaskKind.endpoint`: `POST /v1/extract`, `POST /v1/classify`): the text
-  goes through the task's own prompt, and the answer through the task's parser, as in `smalltune predict`.
+  goes through the task's own prompt, and the answer through the task's parser, as in `smalltune predict`;
+  a label chosen by scoring (infer.classify: score) comes with `scores`, each candidate's probability.
 
 Every request waits in one bounded queue; a full queue answers 429 at once. On shutdown (Ctrl-C,
 SIGTERM) the server stops accepting connections and answers every request it has accepted before it exits.
@@ -216,8 +217,11 @@ def _add_task_route(api: APIRouter, engine: Engine, answer: Answerer) -> None:
             raise HTTPException(400, problem)
         reply = await answer(record, request)
         parsed = task.parse(reply.text, record)
-        return {"id": record.id, task.result_key: parsed.value, "error": parsed.error, "answer": reply.text,
+        body = {"id": record.id, task.result_key: parsed.value, "error": parsed.error, "answer": reply.text,
                 "input_shortened": reply.shortened}
+        if reply.probabilities is not None:  # chosen by scoring: each candidate's probability
+            body["scores"] = reply.probabilities
+        return body
 
     async def other_task() -> None:
         right = f"POST /v1{task.endpoint}" if task.endpoint else "POST /v1/chat/completions"

@@ -22,11 +22,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Answer:
-    """The model's text for one request, its prompt's length, and whether its input was shortened to fit."""
+    """The model's text for one request, its prompt's length, whether its input was shortened to fit, and each
+    candidate's probability when the answer was chosen by scoring."""
 
     text: str
     prompt_tokens: int
     shortened: bool = False
+    probabilities: dict[str, float] | None = None
 
 
 class QueueFull(Exception):
@@ -134,8 +136,9 @@ class MicroBatcher:
         self.stats.engine_calls += 1
         try:
             generation = self.engine.generate(records)
-            return [Answer(text, tokens, cut) for text, tokens, cut
-                    in zip(generation.texts, generation.prompt_tokens, generation.truncated)]
+            scored = generation.probabilities or [None] * len(records)
+            return [Answer(text, tokens, cut, probabilities) for text, tokens, cut, probabilities
+                    in zip(generation.texts, generation.prompt_tokens, generation.truncated, scored)]
         except Exception as exc:
             if len(records) == 1:
                 log.warning("the engine failed on a request: %s", exc)

@@ -9,6 +9,7 @@ subclass in a module of its own plus one line in `smalltune.registry.KINDS`.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
@@ -18,10 +19,12 @@ from smalltune.data.records import Record
 
 @dataclass(frozen=True)
 class Parsed:
-    """A model answer after parsing: the value, or the reason it could not be read."""
+    """A model answer after parsing: the value, or the reason it could not be read; and, when the answer was
+    chosen by scoring its candidates, each candidate's probability."""
 
     value: Any
     error: str | None = None
+    probabilities: dict[str, float] | None = None
 
     @property
     def ok(self) -> bool:
@@ -108,6 +111,16 @@ class TaskKind:
         """The EBNF the record's answer must follow (`tasks.grammar`); None when the answer is free text."""
         return None
 
+    @property
+    def scores_choices(self) -> bool:
+        """Whether the engine answers by scoring each of `choices(record)` after the prompt (the likeliest is the
+        answer) instead of generating the answer."""
+        return False
+
+    def choices(self, record: Record) -> list[str]:
+        """The answers the engine scores for this record, when `scores_choices`."""
+        raise NotImplementedError
+
     # ---- answers -------------------------------------------------------------------------------
 
     def check(self, record: Record) -> str | None:
@@ -117,6 +130,14 @@ class TaskKind:
     def parse(self, text: str, record: Record) -> Parsed:
         """The model's answer text as a value, or the reason it cannot be read."""
         raise NotImplementedError
+
+    def parse_all(self, texts: Sequence[str], records: Sequence[Record],
+                  probabilities: Sequence[dict[str, float]] | None = None) -> list[Parsed]:
+        """Each answer parsed, carrying its candidates' probabilities when the answers were scored."""
+        parsed = [self.parse(text, record) for text, record in zip(texts, records, strict=True)]
+        if probabilities is None:
+            return parsed
+        return [replace(p, probabilities=s) for p, s in zip(parsed, probabilities, strict=True)]
 
     def score(self, parsed: list[Parsed], records: list[Record]) -> dict[str, float]:
         """The kind's metrics over many answers (the headline among them)."""
@@ -164,3 +185,9 @@ class TaskKind:
         """The kind's own report sections (confusion matrices, reply lengths, ...), from metrics.json and
         predictions.jsonl."""
         return []
+
+    @classmethod
+    def report_calibration(cls, summary: dict[str, Any]) -> dict[str, list[dict[str, float]]]:
+        """The reliability diagram's points, per system whose answers carry probabilities: each confidence bin's
+        `low`, `high`, `count`, mean `confidence` and `accuracy` (`tasks.metrics.calibration`); {} for none."""
+        return {}

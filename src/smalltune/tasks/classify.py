@@ -1,4 +1,6 @@
-"""classify: text and candidate labels in, one label out."""
+"""classify: text and candidate labels in, one label out; by default chosen by scoring each candidate
+(`infer.classify: score`), so every answer carries each candidate's probability and the metrics include the
+expected calibration error."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from smalltune.config import TaskConfig
 from smalltune.data.records import Record
 from smalltune.tasks.base import Parsed, ReportBars, ReportSection, ReportTable, TaskKind, parse_errors
 from smalltune.tasks.grammar import choice_grammar
-from smalltune.tasks.metrics import label_counts
+from smalltune.tasks.metrics import calibration, label_counts
 
 NO_LABEL = "(no label)"
 
@@ -44,6 +46,15 @@ labels: [体育, 财经, 科技, 娱乐]        # classify: the candidate labels
         """Exactly one of the record's candidates."""
         return choice_grammar(self.candidates(record))
 
+    @property
+    def scores_choices(self) -> bool:
+        """With infer.classify: score (the default) the engine scores the candidates instead of generating."""
+        return self.config.infer.classify == "score"
+
+    def choices(self, record: Record) -> list[str]:
+        """The record's candidates, each once."""
+        return list(dict.fromkeys(self.candidates(record)))
+
     def check(self, record: Record) -> str | None:
         if not isinstance(record.output, str):
             return "'output' must be one label (text)"
@@ -62,16 +73,21 @@ labels: [体育, 财经, 科技, 娱乐]        # classify: the candidate labels
         return Parsed(None, f"not one of the labels: {answer[:40]!r}")
 
     def score(self, parsed: list[Parsed], records: list[Record]) -> dict[str, float]:
-        """Accuracy, macro-F1 over the gold labels, and the share of answers that are no label."""
+        """Accuracy, macro-F1 over the gold labels, the share of answers that are no label, and, when the answers
+        carry probabilities, the expected calibration error (`ece`, 10 bins; 0 is perfectly calibrated)."""
         n = max(len(records), 1)
         golds = [r.output for r in records]
         preds = [p.value for p in parsed]
         f1s = [label_counts(preds, golds, label)["f1"] for label in sorted(set(golds))]
-        return {
+        metrics = {
             "accuracy": sum(p == g for p, g in zip(preds, golds)) / n,
             "macro_f1": sum(f1s) / max(len(f1s), 1),
             "invalid_label": sum(not p.ok for p in parsed) / n,
         }
+        reliability = _calibration(parsed, records)
+        if reliability is not None:
+            metrics["ece"] = reliability["ece"]
+        return metrics
 
     def details(self, parsed: list[Parsed], records: list[Record]) -> dict[str, Any]:
         """Per-label precision/recall/F1/support and the confusion matrix (rows gold, columns answer, last column
@@ -82,13 +98,17 @@ labels: [体育, 财经, 科技, 娱乐]        # classify: the candidate labels
         answered = [NO_LABEL if p is None else p for p in preds]
         columns = [*labels, NO_LABEL]
         counts = Counter(zip(golds, answered))
-        return {
+        found = {
             "labels": labels,
             "per_label": {label: label_counts(preds, golds, label) for label in labels},
             "confusion": {"rows": labels, "columns": columns,
                           "counts": [[counts[(gold, col)] for col in columns] for gold in labels]},
             "parse_errors": parse_errors(parsed),
         }
+        reliability = _calibration(parsed, records)
+        if reliability is not None:
+            found["calibration"] = reliability
+        return found
 
     def record_score(self, parsed: Parsed, record: Record) -> float:
         """1 for the right label, else 0."""
@@ -116,11 +136,37 @@ labels: [体育, 财经, 科技, 娱乐]        # classify: the candidate labels
 
     @classmethod
     def report_sections(cls, summary: dict[str, Any], predictions: list[dict[str, Any]]) -> list[ReportSection]:
-        """One confusion matrix per system (rows: reference label, columns: the answer)."""
+        """One confusion matrix per system (rows: reference label, columns: the answer), and the calibration table
+        of each system whose answers carry probabilities."""
         tables = []
         for name, system in summary["systems"].items():
             confusion = system["details"]["confusion"]
             rows = [[gold, *counts] for gold, counts in zip(confusion["rows"], confusion["counts"])]
             tables.append(ReportTable(["", *confusion["columns"]], rows, "heat", caption=name))
-        return [ReportSection("Confusion matrices", "Rows: reference label; columns: the system's answer.",
-                              tables, "confusion")]
+        sections = [ReportSection("Confusion matrices", "Rows: reference label; columns: the system's answer.",
+                                  tables, "confusion")]
+        calibrated = [
+            ReportTable(["confidence", "answers", "mean confidence", "accuracy"],
+                        [[f"{b['low']:.1f}-{b['high']:.1f}", b["count"], f"{b['confidence']:.3f}", f"{b['accuracy']:.3f}"]
+                         for b in bins], caption=name)
+            for name, bins in cls.report_calibration(summary).items()
+        ]
+        if calibrated:
+            sections.append(ReportSection(
+                "Calibration", "Answers grouped by the probability the system gave its answer (10 bins): a calibrated "
+                "system is right as often as it is sure; ece is the answer-weighted mean gap.", calibrated, "calibration"))
+        return sections
+
+    @classmethod
+    def report_calibration(cls, summary: dict[str, Any]) -> dict[str, list[dict[str, float]]]:
+        return {name: system["details"]["calibration"]["bins"] for name, system in summary["systems"].items()
+                if "calibration" in system["details"]}
+
+
+def _calibration(parsed: list[Parsed], records: list[Record]) -> dict[str, Any] | None:
+    """ECE and reliability bins of the answers' top probabilities against their correctness; None unless every
+    answer carries probabilities."""
+    if not parsed or any(not p.probabilities for p in parsed):
+        return None
+    confidences = [max(p.probabilities.values()) for p in parsed]
+    return calibration(confidences, [p.value == r.output for p, r in zip(parsed, records)])

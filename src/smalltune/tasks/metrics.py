@@ -1,4 +1,5 @@
-"""Scores shared by the task kinds: character F1 and ROUGE-L for Chinese spans, label counts, length statistics."""
+"""Scores shared by the task kinds: character F1 and ROUGE-L for Chinese spans, label counts, length statistics,
+calibration."""
 
 from __future__ import annotations
 
@@ -79,3 +80,24 @@ def label_counts(preds: list[Any], golds: list[Any], label: str) -> dict[str, fl
         "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
         "support": tp + fn,
     }
+
+
+def calibration(confidences: list[float], correct: list[bool], bins: int = 10) -> dict[str, Any]:
+    """The expected calibration error and the reliability diagram's bins of answers with a confidence each.
+
+    Confidences fall into `bins` equal-width bins over 0..1 (1.0 into the last); `ece` is the mean over answers of
+    |accuracy - mean confidence| of their bin. Each bin with answers lists `low`, `high`, `count`, mean
+    `confidence` and `accuracy`.
+    """
+    members: dict[int, list[int]] = {}
+    for i, confidence in enumerate(confidences):
+        members.setdefault(min(int(confidence * bins), bins - 1), []).append(i)
+    rows, ece = [], 0.0
+    for b in sorted(members):
+        picked = members[b]
+        confidence = statistics.fmean(confidences[i] for i in picked)
+        accuracy = sum(correct[i] for i in picked) / len(picked)
+        ece += len(picked) * abs(accuracy - confidence)
+        rows.append({"low": b / bins, "high": (b + 1) / bins, "count": len(picked), "confidence": confidence,
+                     "accuracy": accuracy})
+    return {"ece": ece / max(len(confidences), 1), "bins": rows}

@@ -107,7 +107,8 @@ def checkpoint_score(headline: float, step: int) -> float:
 class ValidationMetrics(TrainerCallback):
     """At each evaluation, answers the validation records with the model in training and scores them.
 
-    Generation goes through the inference engine (greedy, batched, the same prompts as `smalltune eval`).
+    Answers come from the inference engine (greedy or, for classify, by scoring; batched; the same prompts as
+    `smalltune eval`).
     The task's metrics join the evaluation metrics as `eval_<metric>` (so `metric_for_best_model` can pick
     the best checkpoint by them) and are logged through `log` (the trainer's, so every tracker sees them).
     """
@@ -123,7 +124,7 @@ class ValidationMetrics(TrainerCallback):
             self.engine = TransformersEngine(model, processing_class, self.config)
         generation = self.engine.generate(self.records)
         task = self.engine.task
-        parsed = [task.parse(text, record) for text, record in zip(generation.texts, self.records)]
+        parsed = task.parse_all(generation.texts, self.records, generation.probabilities)
         scores = {f"eval_{name}": value for name, value in task.score(parsed, self.records).items()}
         metrics.update(scores)
         metrics[CHECKPOINT_SCORE] = checkpoint_score(scores[f"eval_{task.headline}"], state.global_step)

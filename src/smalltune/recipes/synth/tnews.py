@@ -1,5 +1,8 @@
-"""TNEWS (FewCLUE's Chinese news headlines) as classify records in the fudan-news layout: each headline with its
-gold label among 2-5 sampled distractors."""
+"""TNEWS (FewCLUE's Chinese news headlines) as classify records in the fudan-news layout {id, text, category, output}.
+
+FewCLUE's standard question asks each headline among all 15 labels (`news_records`); the few-candidate setting asks
+it among its gold label and 2-5 sampled distractors (`few_candidate_records`).
+"""
 
 from __future__ import annotations
 
@@ -12,16 +15,23 @@ from smalltune.recipes.synth.shared_data import sample_rows, shared_data_dir, sh
 
 TNEWS_FILES = {"train": "tnews/tnews_train_few_all.json", "test": "tnews/tnews_dev_few_all.json"}
 TNEWS_LABELS = "tnews/tnews_label_index2en2zh.json"
+FEW_CANDIDATES_FILE = "test-few.jsonl"  # the test headlines again, each among 3-6 candidates
 
 
 def tnews_labels(data_dir: Path) -> dict[str, str]:
-    """TNEWS's English label names (news_sports ...) to the Chinese ones (体育 ...)."""
+    """TNEWS's English label names (news_sports ...) to the Chinese ones (体育 ...), in the label file's order."""
     rows = read_rows(shared_file(data_dir, TNEWS_LABELS))
     return {row["label_desc"]: row["label_zh"] for _, row in rows}
 
 
-def news_records(rows: list[dict], labels: list[str], rng: random.Random, prefix: str) -> list[dict]:
-    """fudan-news records {id, text, category, output}: the gold label among 2-5 sampled distractors, shuffled."""
+def news_records(rows: list[dict], labels: list[str], prefix: str) -> list[dict]:
+    """fudan-news records with every label as a candidate, in the labels' order (the same prompt for each)."""
+    return [{"id": f"{prefix}-{row['id']}", "text": row["text"], "category": list(labels), "output": row["label"]}
+            for row in rows]
+
+
+def few_candidate_records(rows: list[dict], labels: list[str], rng: random.Random, prefix: str) -> list[dict]:
+    """fudan-news records with the gold label among 2-5 sampled distractors, shuffled."""
     records = []
     for row in rows:
         gold = row["label"]
@@ -31,15 +41,22 @@ def news_records(rows: list[dict], labels: list[str], rng: random.Random, prefix
     return records
 
 
+def _headlines(data_dir: Path, split: str, names: dict[str, str]) -> list[dict]:
+    source = shared_file(data_dir, TNEWS_FILES[split])
+    return [{"id": row["id"], "text": row["sentence"], "label": names[row["label_desc"]]} for _, row in read_rows(source)]
+
+
 def write_news(out_dir: Path, n_train: int, n_test: int, data_dir: Path | None = None, seed: int = 0) -> tuple[Path, Path]:
-    """Sample TNEWS train and dev headlines into out_dir/{train,test}.jsonl in the fudan-news layout."""
+    """Sample TNEWS train and dev headlines (seeded) into out_dir: train.jsonl and test.jsonl ask among all 15
+    labels, FEW_CANDIDATES_FILE asks the same test headlines among 3-6 candidates each. Returns (train, test)."""
     data_dir = shared_data_dir(data_dir)
     names = tnews_labels(data_dir)
-    labels = sorted(set(names.values()))
+    labels = list(dict.fromkeys(names.values()))
     rng = random.Random(seed)
-    paths = (Path(out_dir) / "train.jsonl", Path(out_dir) / "test.jsonl")
-    for path, (split, n) in zip(paths, (("train", n_train), ("test", n_test))):
-        source = shared_file(data_dir, TNEWS_FILES[split])
-        rows = [{"id": row["id"], "text": row["sentence"], "label": names[row["label_desc"]]} for _, row in read_rows(source)]
-        atomic_write_jsonl(path, news_records(sample_rows(rows, n, rng), labels, rng, split))
-    return paths
+    out_dir = Path(out_dir)
+    train = sample_rows(_headlines(data_dir, "train", names), n_train, rng)
+    test = sample_rows(_headlines(data_dir, "test", names), n_test, rng)
+    atomic_write_jsonl(out_dir / "train.jsonl", news_records(train, labels, "train"))
+    atomic_write_jsonl(out_dir / "test.jsonl", news_records(test, labels, "test"))
+    atomic_write_jsonl(out_dir / FEW_CANDIDATES_FILE, few_candidate_records(test, labels, rng, "test"))
+    return out_dir / "train.jsonl", out_dir / "test.jsonl"
