@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from smalltune.data.readers import read_rows
+from smalltune.data.readers import read_objects
 from smalltune.io import atomic_write_jsonl
 from smalltune.recipes.synth.shared_data import sample_rows, shared_data_dir, shared_file
 
@@ -16,7 +16,7 @@ TNEWS_LABELS = "tnews/tnews_label_index2en2zh.json"
 
 def tnews_labels(data_dir: Path) -> dict[str, str]:
     """TNEWS's English label names (news_sports ...) to the Chinese ones (体育 ...)."""
-    rows = read_rows(shared_file(data_dir, TNEWS_LABELS))
+    rows = read_objects(shared_file(data_dir, TNEWS_LABELS))
     return {row["label_desc"]: row["label_zh"] for _, row in rows}
 
 
@@ -40,6 +40,6 @@ def write_news(out_dir: Path, n_train: int, n_test: int, data_dir: Path | None =
     paths = (Path(out_dir) / "train.jsonl", Path(out_dir) / "test.jsonl")
     for path, (split, n) in zip(paths, (("train", n_train), ("test", n_test))):
         source = shared_file(data_dir, TNEWS_FILES[split])
-        rows = [{"id": row["id"], "text": row["sentence"], "label": names[row["label_desc"]]} for _, row in read_rows(source)]
+        rows = [{"id": row["id"], "text": row["sentence"], "label": names[row["label_desc"]]} for _, row in read_objects(source)]
         atomic_write_jsonl(path, news_records(sample_rows(rows, n, rng), labels, rng, split))
     return paths
