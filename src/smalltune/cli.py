@@ -161,13 +161,11 @@ def predict(
     out: Path = typer.Option(..., "-o", "--out", help="JSONL output: id, answer, parsed value, error."),
     engine: str = EngineName,
 ) -> None:
-    """Answer every record of a file with the fine-tuned model."""
-    from smalltune.inference.engine import load_engine
+    """Answer every record of a file with the fine-tuned model (the input is checked before the model loads)."""
     from smalltune.inference.predict import predict_file
 
-    answering = load_engine(run_dir, engine)
     with _RecordBar("predict") as bar:
-        count = predict_file(run_dir, input_file, out, on_start=bar.start, on_batch=bar.advance, engine=answering)
+        count = predict_file(run_dir, input_file, out, on_start=bar.start, on_batch=bar.advance, engine=engine)
     console.print(f"wrote {count} answers to {out}")
 
 
