@@ -128,3 +128,16 @@ def test_data_check_lists_every_invalid_record_with_file_and_line(tmp_path, tiny
     assert "d.jsonl:4:" in result.output and "email" in result.output
     assert "d.jsonl:8:" in result.output and "input" in result.output
     assert "duplicate" in result.output and "p50" in result.output
+
+
+def test_data_check_reports_a_record_whose_input_training_would_shorten(tmp_path, tiny_qwen3_dir):
+    rows, _ = generate_complaints(n_train=12, n_test=1, seed=4)
+    rows[5]["input"] += "后来又说了很多话，" * 40_000  # about 1 MB: far past model.max_length
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    config = TaskConfig(name="c", kind="extract", fields=FIELDS, data={"train": tmp_path / "d.jsonl"},
+                        model={"name": str(tiny_qwen3_dir)})
+    save_config(config, tmp_path / "task.yaml")
+    result = runner.invoke(app, ["data", "check", str(tmp_path / "task.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "shortened: 1 record(s) too long for model.max_length" in result.output
+    assert f"{tmp_path / 'd.jsonl'}:6" in result.output

@@ -25,6 +25,7 @@ app.add_typer(data_app, name="data")
 console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get the whole table, not 80 columns
 
 TaskFile = typer.Argument(..., exists=False, help="The task's YAML file.")
+_SHOWN = 20  # records listed by name in a warning; the rest are counted
 EngineName = typer.Option("transformers", "--engine",
                           help=f"{' | '.join(ENGINES.names())} (vLLM in its own environment: `make setup-vllm`).")
 
@@ -102,6 +103,13 @@ def data_check(task_file: Path = TaskFile) -> None:
         console.print("prompt+answer tokens p50/p90/p99/max: " + " / ".join(str(v) for v in report.token_percentiles.values()))
     for a, b in report.duplicates:
         console.print(f"[yellow]duplicate[/]: {b} repeats {a}")
+    if report.shortened:
+        console.print(f"[yellow]shortened[/]: {len(report.shortened)} record(s) too long for model.max_length: "
+                      "training shortens their input (the answer is never cut):")
+        for where in report.shortened[:_SHOWN]:
+            console.print(f"  {where}")
+        if len(report.shortened) > _SHOWN:
+            console.print(f"  ... and {len(report.shortened) - _SHOWN} more")
     for problem in report.problems:
         console.print(f"[red]invalid[/]: {problem}")
     if report.problems:
