@@ -31,8 +31,8 @@ class Record:
 
 @dataclass(frozen=True)
 class Invalid:
-    """A row that is not a valid record: where it is, its id (the row's own when it has a readable one, else
-    the id a record there would get: file stem and line), and why."""
+    """A row that is not a valid record: where it is, its id (the row's own when the row could be read and its
+    id is valid, else the id a record there would get: file stem and line), and why."""
 
     where: str
     id: str

@@ -52,6 +52,8 @@ def check_data(config: TaskConfig) -> DataReport:
     splits = load_splits(config.data, check=task.check)
     records = splits.train + splits.validation + splits.test
     problems = list(splits.problems)
+    if not splits.train:
+        problems.append(f"{config.data.train}: no valid training records (training needs at least one)")
     lengths: list[int] = []
     shortened: list[str] = []
     if records:
