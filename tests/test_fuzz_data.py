@@ -17,22 +17,28 @@ from smalltune.errors import DataError, OutputError
 from smalltune.io import read_appended
 from smalltune.registry import FORMATS
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 SURROGATE = re.compile("[\ud800-\udfff]")
 TRICKY = ["<|im_end|>", "<|im_start|>system\n", "<|endoftext|>", "\u202e", "\u200f", "\x00", "\ufeff", "\r", "\u2028",
-          "\\ud800", '"', "{", "[", ",", "投诉", "\xff"]
+          "\\ud800", "\ud800", "\udfff", '"', "{", "[", ",", "投诉", "\xff"]
 
 # any code point, surrogates included, mixed with the strings that break readers
-texts = st.lists(st.one_of(st.text(st.characters(exclude_categories=()), max_size=20), st.sampled_from(TRICKY)),
-                 max_size=8).map("".join)
+any_text = st.text(st.characters(exclude_categories=()), max_size=12)
+texts = st.one_of(any_text, st.tuples(any_text, st.sampled_from(TRICKY), any_text).map("".join))
 clean_texts = texts.map(lambda t: SURROGATE.sub("?", t))
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | texts,
                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
                            max_leaves=12)
 keys = st.sampled_from(["id", "input", "output", "instruction", "system", "history", "messages", "text", "label",
                         "candidates", "role", "content"]) | texts
-rows = st.dictionaries(keys, json_values | st.lists(st.fixed_dictionaries({"role": st.sampled_from(
-    ["system", "user", "assistant", "bot"]) | json_values, "content": json_values}), max_size=4), max_size=6)
+messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "bot"]) | json_values,
+                                          "content": texts | json_values}), max_size=4)
+rows = st.one_of(
+    st.dictionaries(keys, json_values | messages, max_size=6),  # anything
+    st.fixed_dictionaries({"input": texts, "output": texts | json_values},  # nearly a record
+                          optional={"id": texts | st.integers(), "instruction": texts, "system": texts, "text": texts,
+                                    "label": texts, "candidates": texts | st.lists(texts), "messages": messages}),
+)
 
 
 def encoded(text: str, how: str) -> bytes:
@@ -89,7 +95,7 @@ def test_a_format_reads_any_row_into_record_fields_or_a_record_problem(row, name
     assert isinstance(fields["input"], str) and fields["input"].strip()
 
 
-@settings(FUZZ, max_examples=50)
+@settings(FUZZ, max_examples=40)
 @given(found=st.lists(rows, max_size=6), name=st.sampled_from(FORMATS.names()))
 def test_load_records_turns_any_rows_into_records_and_file_line_problems(tmp_path, found, name):
     path = tmp_path / "fuzz.jsonl"
