@@ -165,9 +165,9 @@ def test_a_csv_row_that_is_not_utf8_is_a_record_problem(tmp_path: Path) -> None:
 
 def test_a_json_array_with_a_line_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
     path = tmp_path / "d.json"
-    path.write_bytes(b"[\n" + lines_with(json.dumps(LINES[1], ensure_ascii=False).encode("gbk")).replace(b"}\n", b"},\n", 2)
-                     + b"]\n")
-    with pytest.raises(DataError, match=rf"d\.json:3: not UTF-8 text"):
+    gbk_line = json.dumps(LINES[1], ensure_ascii=False).encode("gbk")
+    path.write_bytes(b"[\n" + lines_with(gbk_line).replace(b"}\n", b"},\n", 2) + b"]\n")
+    with pytest.raises(DataError, match=r"d\.json:3: not UTF-8 text"):
         read_rows(path)
 
 
@@ -221,7 +221,8 @@ def test_malformed_json_array(tmp_path: Path, text: str, line: int) -> None:
 
 def test_every_unreadable_json_line_is_reported_and_the_lines_after_it_are_read(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"input": "a", "output": "b"}\n\n{"input": oops}\n[1, 2]\n{"input": "c"}\n{"input": "d", "output": "e"}\n')
+    path.write_text('{"input": "a", "output": "b"}\n\n{"input": oops}\n[1, 2]\n{"input": "c"}\n'
+                    '{"input": "d", "output": "e"}\n')
     loaded = load_records(path, config(path))
     assert [r.input for r in loaded.records] == ["a", "d"]
     assert [p.split(": ", 1)[0] for p in loaded.problems] == [f"{path}:3", f"{path}:4", f"{path}:5"]

@@ -31,8 +31,8 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
                            max_leaves=12)
 keys = st.sampled_from(["id", "input", "output", "instruction", "system", "history", "messages", "text", "label",
                         "candidates", "role", "content"]) | texts
-messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "bot"]) | json_values,
-                                          "content": texts | json_values}), max_size=4)
+roles = st.sampled_from(["system", "user", "assistant", "bot"]) | json_values
+messages = st.lists(st.fixed_dictionaries({"role": roles, "content": texts | json_values}), max_size=4)
 rows = st.one_of(
     st.dictionaries(keys, json_values | messages, max_size=6),  # anything
     st.fixed_dictionaries({"input": texts, "output": texts | json_values},  # nearly a record
@@ -78,7 +78,8 @@ def test_read_rows_raises_only_data_errors_on_any_file(tmp_path, lines, encoding
        bom=st.booleans())
 def test_every_object_of_a_utf8_json_lines_file_is_read_back_as_written(tmp_path, objects, bom):
     path = tmp_path / "fuzz.jsonl"
-    path.write_bytes(b"\xef\xbb\xbf" * bom + "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objects).encode())
+    text = "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objects)
+    path.write_bytes(b"\xef\xbb\xbf" * bom + text.encode())
     assert read_rows(path) == list(enumerate(objects, start=1))
 
 

@@ -1,4 +1,4 @@
-"""Append-only outputs: resumed only when smalltune wrote them, a torn last line of ours cut, any other file untouched."""
+"""Append-only outputs: resumed only when smalltune wrote them (a torn last line of ours cut), others untouched."""
 
 from __future__ import annotations
 

@@ -74,7 +74,8 @@ def init(
     if out.exists():
         raise SmalltuneError(f"{out} exists; choose another --out or delete it")
     out.write_text(example_task_file(kind), encoding="utf-8")
-    console.print(f"wrote {escape(str(out))}: edit data paths and the task's keys, then `smalltune data check {escape(str(out))}`")
+    shown = escape(str(out))
+    console.print(f"wrote {shown}: edit data paths and the task's keys, then `smalltune data check {shown}`")
 
 
 def example_task_file(kind: str) -> str:
@@ -259,8 +260,8 @@ def data_convert(
 
     converted = convert_file(input_file, out, source_format)
     settings = yaml.safe_dump({"data": converted.data}, allow_unicode=True, default_flow_style=None, sort_keys=False)
-    console.print(f"wrote {converted.count} records to {escape(str(out))}; read them with, in the task file:\n{escape(settings)}",
-                  soft_wrap=True)
+    console.print(f"wrote {converted.count} records to {escape(str(out))}; read them with, in the task file:\n"
+                  f"{escape(settings)}", soft_wrap=True)
 
 
 @app.command()

@@ -160,7 +160,7 @@ class TeacherConfig(_Strict):
 class TaskConfig(_Strict):
     """Everything a run needs, from data to deployment."""
 
-    name: str = Field(description="The run directory's name under output_dir: one folder name (letters, digits, _ - .).")
+    name: str = Field(description="The run directory's name under output_dir: one folder name (letters, digits, _-.).")
     kind: str = Field(description=f"The task kind: {' | '.join(KINDS.names())}.")
     instruction: str = ""
     system: str | None = None
@@ -186,7 +186,7 @@ class TaskConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _one_folder_name(cls, value: str) -> str:
-        """The run directory is output_dir/name: a name that climbs out of output_dir or into a sub-folder is refused."""
+        """The run directory is output_dir/name: a name climbing out of output_dir or into a sub-folder is refused."""
         if not _RUN_NAME.fullmatch(value) or value in (".", ".."):
             raise ValueError(f"{value!r} is not one folder name: use letters, digits, '_', '-' and '.' "
                              "(not '.' or '..'), e.g. name: my-task; the run directory is output_dir/name")

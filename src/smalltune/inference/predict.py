@@ -43,8 +43,9 @@ def predict_file(
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a", encoding="utf-8") as handle:
         for row in invalid:  # an unreadable record gets its error line; the run goes on
-            append_jsonl(handle, {"id": row.id, "answer": None, "result": None, "error": f"invalid record: {row.reason}",
-                                  "input_shortened": False, "where": row.where})
+            error = f"invalid record: {row.reason}"
+            append_jsonl(handle, {"id": row.id, "answer": None, "result": None, "error": error, "input_shortened": False,
+                                  "where": row.where})
         if not todo:
             return 0
         engine = engine if isinstance(engine, Engine) else load_engine(run_dir, engine)

@@ -40,6 +40,7 @@ def write_news(out_dir: Path, n_train: int, n_test: int, data_dir: Path | None =
     paths = (Path(out_dir) / "train.jsonl", Path(out_dir) / "test.jsonl")
     for path, (split, n) in zip(paths, (("train", n_train), ("test", n_test))):
         source = shared_file(data_dir, TNEWS_FILES[split])
-        rows = [{"id": row["id"], "text": row["sentence"], "label": names[row["label_desc"]]} for _, row in read_objects(source)]
+        rows = [{"id": row["id"], "text": row["sentence"], "label": names[row["label_desc"]]}
+                for _, row in read_objects(source)]
         atomic_write_jsonl(path, news_records(sample_rows(rows, n, rng), labels, rng, split))
     return paths
