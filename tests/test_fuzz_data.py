@@ -5,7 +5,6 @@ and the output reader raise nothing but the project's own errors, and no lone su
 from __future__ import annotations
 
 import json
-import re
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,18 +13,17 @@ from smalltune.config import DataConfig
 from smalltune.data.readers import RecordProblem, read_rows
 from smalltune.data.records import load_records
 from smalltune.errors import DataError, OutputError
-from smalltune.io import read_appended
+from smalltune.io import LONE_SURROGATE, read_appended
 from smalltune.registry import FORMATS
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-SURROGATE = re.compile("[\ud800-\udfff]")
 TRICKY = ["<|im_end|>", "<|im_start|>system\n", "<|endoftext|>", "\u202e", "\u200f", "\x00", "\ufeff", "\r", "\u2028",
           "\\ud800", "\ud800", "\udfff", '"', "{", "[", ",", "投诉", "\xff"]
 
 # any code point, surrogates included, mixed with the strings that break readers
 any_text = st.text(st.characters(exclude_categories=()), max_size=12)
 texts = st.one_of(any_text, st.tuples(any_text, st.sampled_from(TRICKY), any_text).map("".join))
-clean_texts = texts.map(lambda t: SURROGATE.sub("?", t))
+clean_texts = texts.map(lambda t: LONE_SURROGATE.sub("?", t))
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | texts,
                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
                            max_leaves=12)
@@ -53,7 +51,7 @@ def assert_rows_are_records_or_problems(result: list) -> None:
         assert isinstance(line, int) and line >= 1
         assert isinstance(row, (dict, RecordProblem))
         if isinstance(row, dict):
-            assert not SURROGATE.search(json.dumps(row, ensure_ascii=False)), "a lone surrogate reached a row"
+            assert not LONE_SURROGATE.search(json.dumps(row, ensure_ascii=False)), "a lone surrogate reached a row"
 
 
 @FUZZ
@@ -104,7 +102,7 @@ def test_load_records_turns_any_rows_into_records_and_file_line_problems(tmp_pat
     loaded = load_records(path, DataConfig(train=path, format=name), require_output=False)
     assert len(loaded.records) + len(loaded.problems) == len(found)
     assert all(p.startswith(f"{path}:") for p in loaded.problems)
-    assert not any(SURROGATE.search(json.dumps(r.__dict__, ensure_ascii=False, default=str)) for r in loaded.records)
+    assert not any(LONE_SURROGATE.search(json.dumps(r.__dict__, ensure_ascii=False, default=str)) for r in loaded.records)
 
 
 @FUZZ

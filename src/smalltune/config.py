@@ -10,13 +10,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from smalltune.errors import ConfigError, validation_problems
-from smalltune.io import atomic_write_text
+from smalltune.io import LONE_SURROGATE, atomic_write_text
 from smalltune.registry import FORMATS, KINDS
 
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-_SURROGATE = re.compile("[\ud800-\udfff]")
-TASK_FILE_SUFFIXES = (".yaml", ".yml")
+_TASK_FILE_SUFFIXES = (".yaml", ".yml")
 
 
 class _Strict(BaseModel):
@@ -240,7 +239,7 @@ class _TaskFileLoader(yaml.SafeLoader):
 
     def construct_scalar(self, node: yaml.ScalarNode) -> Any:
         value = super().construct_scalar(node)
-        if isinstance(value, str) and _SURROGATE.search(value):
+        if isinstance(value, str) and LONE_SURROGATE.search(value):
             raise _TaskFileProblem(node.start_mark.line + 1, "the text holds a lone surrogate (half of a UTF-16 "
                                    "pair, from an escape such as \\ud800): write the character itself")
         return value
@@ -252,7 +251,7 @@ def _task_file_text(path: Path) -> str:
         raise ConfigError(f"{path}: is a folder; give the task file in it (e.g. {path / 'task.yaml'})")
     if not path.is_file():
         raise ConfigError(f"{path}: no such task file")
-    if path.suffix.lower() not in TASK_FILE_SUFFIXES:
+    if path.suffix.lower() not in _TASK_FILE_SUFFIXES:
         raise ConfigError(f"{path}: not a task file: give the task's YAML file (.yaml or .yml, e.g. task.yaml; "
                           "`smalltune init` writes one); a data file goes in the task file, as data.train")
     raw = path.read_bytes()

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 from smalltune.errors import OutputError
 
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # half a UTF-16 pair: text no UTF-8 file (nor tokenizer) can hold
 _ROW_START = re.compile(rb'\{"([^"\\]*)"\s*:')  # how a JSON line of ours begins: {"key":
 
 

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from smalltune.errors import DataError
+from smalltune.io import LONE_SURROGATE
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class RecordProblem(Exception):
@@ -67,7 +67,7 @@ def read_objects(path: Path) -> list[tuple[int, dict]]:
     bad = [f"{path}:{line}: {row}" for line, row in rows if isinstance(row, RecordProblem)]
     if bad:
         raise DataError("\n".join(bad))
-    return rows  # type: ignore[return-value]  # every row is a dict here
+    return [(line, row) for line, row in rows if isinstance(row, dict)]
 
 
 def _decode(path: Path) -> _Decoded:
@@ -118,13 +118,13 @@ def _lone_surrogate_at(row: dict) -> str | None:
     while stack:
         at, value = stack.pop()
         if isinstance(value, str):
-            if _SURROGATE.search(value):
+            if LONE_SURROGATE.search(value):
                 return at
             continue
         items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
         for key, item in items:
             inner = f"{at}[{key!r}]" if at else repr(key)
-            if isinstance(key, str) and _SURROGATE.search(key):
+            if isinstance(key, str) and LONE_SURROGATE.search(key):
                 return f"the key {inner}"
             stack.append((inner, item))
     return None
