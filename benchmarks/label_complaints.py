@@ -30,12 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from teacher_server import Script, TeacherServer  # noqa: E402
 
 from smalltune.io import read_appended  # noqa: E402
-from smalltune.labelling.label import Outputs  # noqa: E402
+from smalltune.labelling.label import REJECT_KEYS, Outputs  # noqa: E402
 from smalltune.recipes.synth.complaints import generate_complaints  # noqa: E402
 
 # share of texts -> scripted behaviours of their first requests
 FAULTS = [(0.05, ["429"]), (0.03, ["500", "500"]), (0.02, ["slow"]), (0.05, ["invalid"]), (0.03, ["ungrounded"]),
           (0.02, ["invalid", "invalid"]), (0.02, ["ungrounded", "ungrounded"])]
+LABELLED_KEYS = ("id", "label_status")  # the rows of an alpaca labelled file
 TEACHER = {"model": "teacher-test", "api_key_env": None, "concurrency": 8, "timeout": 0.5, "max_retries": 4,
            "backoff": 0.2, "max_backoff": 2.0, "price_input": 0.5, "price_output": 2.0}
 
@@ -100,13 +101,13 @@ def main() -> None:
             time.sleep(0.005)
         os.kill(killed.pid, signal.SIGKILL)
         killed.wait()
-        decided_at_kill = len(read_appended(out)) + len(read_appended(Outputs(out).rejects))
+        decided_at_kill = len(read_appended(out, LABELLED_KEYS)) + len(read_appended(Outputs(out).rejects, REJECT_KEYS))
         resumed = subprocess.run(label_command(task_file, raw, out, teacher.url), capture_output=True, text=True)
         seconds = time.perf_counter() - started
     print(resumed.stdout)
 
     summary = json.loads(Outputs(out).summary.read_text(encoding="utf-8"))
-    labelled, rejects = read_appended(out), read_appended(Outputs(out).rejects)
+    labelled, rejects = read_appended(out, LABELLED_KEYS), read_appended(Outputs(out).rejects, REJECT_KEYS)
     ids = Counter(row["id"] for row in labelled + rejects)
     gold = {r["id"]: r["output"] for r in rows}
     asked = Counter(entry.text for entry in teacher.log)

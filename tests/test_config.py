@@ -56,3 +56,39 @@ def test_init_writes_a_valid_commented_example(tmp_path, kind):
     assert result.exit_code == 0, result.output
     config = load_config(out)
     assert config.kind == kind and "#" in out.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "../up", "", "a\\b", "/abs"])
+def test_a_run_name_must_be_one_folder_name(tmp_path, name):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, f"name: '{name}'\nkind: extract\nfields: {{a: b}}\ndata: {{train: x}}\n"))
+    assert "  name: " in str(err.value) and "not one folder name" in str(err.value)
+
+
+@pytest.mark.parametrize(("text", "key", "lines"), [
+    ("name: c\nkind: extract\nname: d\nfields: {a: b}\ndata: {train: x}\n", "name", (1, 3)),
+    ("name: c\nkind: extract\nfields: {a: b}\ndata:\n  train: x\n  format: alpaca\n  train: y\n", "train", (5, 7)),
+])
+def test_a_key_given_twice_is_an_error_naming_it_and_both_lines(tmp_path, text, key, lines):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert f"task.yaml:{lines[1]}: key '{key}' is given twice (lines {lines[0]} and {lines[1]})" in str(err.value)
+
+
+def test_a_gbk_task_file_is_a_clear_error_asking_for_utf8(tmp_path):
+    path = tmp_path / "task.yaml"
+    path.write_bytes("name: c\nkind: extract\nfields: {name: 姓名}\ndata: {train: x}\n".encode("gbk"))
+    with pytest.raises(ConfigError, match=r"task\.yaml:3: not UTF-8 text \(byte 0x.*save the task file as UTF-8"):
+        load_config(path)
+
+
+def test_a_data_file_where_a_task_file_is_expected_says_so(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"input": "a", "output": "b"}\n{"input": "c", "output": "d"}\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"data\.jsonl: not a task file: give the task's YAML file"):
+        load_config(data)
+
+
+def test_a_lone_surrogate_in_the_task_file_names_its_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"task\.yaml:2: the text holds a lone surrogate"):
+        load_config(write(tmp_path, 'name: c\ninstruction: "bad \\ud800"\nkind: chat\ndata: {train: x}\n'))

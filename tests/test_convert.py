@@ -12,7 +12,7 @@ from smalltune.cli import app
 from smalltune.config import DataConfig, TaskConfig
 from smalltune.data.convert import SOURCE_FORMATS, convert_file
 from smalltune.data.records import load_records
-from smalltune.errors import ConfigError, DataError
+from smalltune.errors import ConfigError, DataError, OutputError
 from smalltune.tasks import build_task
 from conftest import write_jsonl
 
@@ -96,8 +96,15 @@ def test_unknown_source_format_and_overwriting_the_input_are_refused(tmp_path):
     source = write_jsonl(tmp_path / "in.jsonl", ALPACA[:1])
     with pytest.raises(ConfigError, match="alpaca, fudan-news, messages"):
         convert_file(source, tmp_path / "out.jsonl", "sharegpt")
-    with pytest.raises(ConfigError, match="overwrite the input"):
+    with pytest.raises(OutputError, match="overwrite the input"):
         convert_file(source, source, "alpaca")
+
+
+def test_converting_into_a_folder_is_a_clear_error(tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", ALPACA[:1])
+    (tmp_path / "out").mkdir()
+    with pytest.raises(OutputError, match=r"out: is a folder; give the JSONL file to write, e\.g\. .*out/in\.jsonl"):
+        convert_file(source, tmp_path / "out", "alpaca")
 
 
 def test_cli_converts_and_reports_errors_in_one_line(tmp_path):

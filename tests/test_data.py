@@ -133,6 +133,57 @@ def test_other_encoding_is_rejected(tmp_path: Path) -> None:
         read_rows(path)
 
 
+LINES = [{"id": i, "input": text, "output": "x"} for i, text in enumerate(["我叫李明", "张三在北京", "李四去上海"], 1)]
+
+
+def lines_with(middle: bytes) -> bytes:
+    """Three UTF-8 JSON lines whose second one is replaced by `middle`."""
+    lines = [json.dumps(row, ensure_ascii=False).encode("utf-8") for row in LINES]
+    return b"\n".join([lines[0], middle, lines[2]]) + b"\n"
+
+
+@pytest.mark.parametrize("middle", [
+    json.dumps(LINES[1], ensure_ascii=False).encode("utf-8").replace("北".encode(), b"\xff"),  # one stray byte
+    json.dumps(LINES[1], ensure_ascii=False).encode("gbk"),  # one GBK line
+], ids=["stray-byte", "gbk-line"])
+def test_a_line_that_is_not_utf8_in_a_utf8_file_is_reported_and_the_rest_read_as_utf8(tmp_path: Path, middle) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(lines_with(middle))
+    loaded = load_records(path, config(path))
+    assert [r.input for r in loaded.records] == ["我叫李明", "李四去上海"]  # not re-decoded as GB18030 (鎴戝彨鏉庢槑)
+    [problem] = loaded.problems
+    assert problem.startswith(f"{path}:2: not UTF-8 text (byte 0x")
+
+
+def test_a_csv_row_that_is_not_utf8_is_a_record_problem(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_bytes("id,input,output\n1,我叫李明,x\n".encode() + "2,张三,x\n".encode("gbk") + "3,李四,x\n".encode())
+    loaded = load_records(path, config(path, format="columns"))
+    assert [r.input for r in loaded.records] == ["我叫李明", "李四"]
+    assert [p.split(" (")[0] for p in loaded.problems] == [f"{path}:3: not UTF-8 text"]
+
+
+def test_a_json_array_with_a_line_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "d.json"
+    gbk_line = json.dumps(LINES[1], ensure_ascii=False).encode("gbk")
+    path.write_bytes(b"[\n" + lines_with(gbk_line).replace(b"}\n", b"},\n", 2) + b"]\n")
+    with pytest.raises(DataError, match=r"d\.json:3: not UTF-8 text"):
+        read_rows(path)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_lone_surrogate_is_a_record_problem_naming_the_field(tmp_path: Path, suffix: str) -> None:
+    rows = ['{"input": "ok", "output": "a"}', '{"input": "bad \\ud800 half", "output": "b"}',
+            '{"input": "pair \\ud83d\\ude00 ok", "output": "c"}', '{"input": "x", "output": {"f": ["\\udfff"]}}']
+    path = tmp_path / f"d{suffix}"
+    path.write_text("[\n" + ",\n".join(rows) + "\n]\n" if suffix == ".json" else "\n".join(rows) + "\n")
+    loaded = load_records(path, config(path))
+    assert [r.input for r in loaded.records] == ["ok", "pair 😀 ok"]
+    line = 1 if suffix == ".jsonl" else 2
+    assert loaded.problems[0].startswith(f"{path}:{line + 1}: 'input' holds a lone surrogate")
+    assert loaded.problems[1].startswith(f"{path}:{line + 3}: 'output'['f'][0] holds a lone surrogate")
+
+
 def test_json_array_line_numbers(tmp_path: Path) -> None:
     path = tmp_path / "d.json"
     path.write_text('[\n  {"input": "a",\n   "output": "b"},\n\n  {\n "input": "x\\ny", "output": "z"\n  }, {"input": "c", "output": "d"}]\n')
@@ -168,11 +219,15 @@ def test_malformed_json_array(tmp_path: Path, text: str, line: int) -> None:
         read_rows(path)
 
 
-def test_malformed_json_lines(tmp_path: Path) -> None:
+def test_every_unreadable_json_line_is_reported_and_the_lines_after_it_are_read(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"input": "a", "output": "b"}\n\n{"input": oops}\n')
-    with pytest.raises(DataError, match=r"bad\.jsonl:3: not valid JSON"):
-        read_rows(path)
+    path.write_text('{"input": "a", "output": "b"}\n\n{"input": oops}\n[1, 2]\n{"input": "c"}\n'
+                    '{"input": "d", "output": "e"}\n')
+    loaded = load_records(path, config(path))
+    assert [r.input for r in loaded.records] == ["a", "d"]
+    assert [p.split(": ", 1)[0] for p in loaded.problems] == [f"{path}:3", f"{path}:4", f"{path}:5"]
+    assert "not valid JSON" in loaded.problems[0] and "JSON object" in loaded.problems[1]
+    assert "missing 'output'" in loaded.problems[2]
 
 
 def test_missing_file_and_unknown_suffix(tmp_path: Path) -> None:

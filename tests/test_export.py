@@ -16,6 +16,7 @@ from conftest import make_run_dir
 from smalltune.cli import app
 from smalltune.config import load_config
 from smalltune.data.records import Record
+from smalltune.errors import OutputError
 from smalltune.formatting import prompt_ids
 from smalltune.inference.transformers_engine import TransformersEngine as Engine
 from smalltune.tasks import build_task
@@ -84,6 +85,15 @@ def test_export_refuses_a_non_empty_target_and_a_run_without_adapter(run_dir, tm
     result = CliRunner().invoke(app, ["export", str(untrained), "--merge", "--out", str(tmp_path / "x")])
     assert "no trained adapter" in str(result.exception) and "smalltune train" in str(result.exception)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("merge", [[], ["--merge"]], ids=["adapter", "merged"])
+def test_export_to_an_existing_file_is_a_clear_error_and_leaves_the_file(run_dir, tmp_path, merge):
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"mine")
+    result = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(target), *merge])
+    assert isinstance(result.exception, OutputError) and "model.bin: is a file" in str(result.exception)
+    assert target.read_bytes() == b"mine"
 
 
 def test_predict_engine_folds_the_adapter_in_and_answers_the_same(run_dir, tmp_path):

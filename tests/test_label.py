@@ -19,8 +19,8 @@ from teacher_server import Script, TeacherServer, serving
 from smalltune.config import load_config
 from smalltune.data.records import Record, load_records
 from smalltune.errors import ConfigError
-from smalltune.io import read_appended
-from smalltune.labelling.label import Outputs, label_file
+from smalltune.io import read_appended, read_jsonl
+from smalltune.labelling.label import REJECT_KEYS, Outputs, label_file
 from smalltune.labelling.teacher import TeacherError, with_teacher
 from smalltune.labelling.redact import Redaction
 from smalltune.labelling.select import choose, select_diverse
@@ -54,7 +54,8 @@ def write_task(tmp_path: Path, rows: list[dict], url: str, **teacher) -> tuple[P
 
 def decided_ids(out: Path) -> list[str]:
     outputs = Outputs(out)
-    return [row["id"] for row in read_appended(outputs.labelled) + read_appended(outputs.rejects)]
+    return [row["id"] for row in read_appended(outputs.labelled, ("id", "label_status"))
+            + read_appended(outputs.rejects, REJECT_KEYS)]
 
 
 def test_faults_are_retried_repaired_or_rejected_and_nothing_is_lost(tmp_path):
@@ -78,10 +79,10 @@ def test_faults_are_retried_repaired_or_rejected_and_nothing_is_lost(tmp_path):
     assert loaded.problems == [] and len(loaded.records) == 22
     gold = {r["id"]: r["output"] for r in rows}
     assert all(record.output == gold[record.id] for record in loaded.records)
-    statuses = {row["id"]: row["label_status"] for row in read_appended(tmp_path / "labelled.jsonl")}
+    statuses = {row["id"]: row["label_status"] for row in read_jsonl(tmp_path / "labelled.jsonl")}
     assert statuses[rows[3]["id"]] == statuses[rows[4]["id"]] == "repaired"
 
-    rejects = {row["id"]: row for row in read_appended(tmp_path / "labelled.rejects.jsonl")}
+    rejects = {row["id"]: row for row in read_jsonl(tmp_path / "labelled.rejects.jsonl")}
     assert set(rejects) == {rows[5]["id"], rows[6]["id"]}
     assert "invalid JSON" in rejects[rows[5]["id"]]["reason"] or "no JSON" in rejects[rows[5]["id"]]["reason"]
     assert "not found in the text" in rejects[rows[6]["id"]]["reason"]
@@ -202,7 +203,7 @@ def test_classify_labels_are_plain_answers_checked_against_the_label_list(tmp_pa
     assert (summary["accepted"], summary["rejected"]) == (2, 1)
     labelled = load_records(tmp_path / "labelled.jsonl", config.data, check=build_task(config).check)
     assert {r.id: r.output for r in labelled.records} == {"a": "体育", "b": "财经"}
-    assert "not one of the labels" in read_appended(tmp_path / "labelled.rejects.jsonl")[0]["reason"]
+    assert "not one of the labels" in read_jsonl(tmp_path / "labelled.rejects.jsonl")[0]["reason"]
     assert all(e.response_format is None and "候选类别：体育，财经，科技" in e.messages[-1]["content"]
                for e in teacher.log if not e.feedback)
 
@@ -212,8 +213,8 @@ def test_limit_and_holdout_label_disjoint_representative_records(tmp_path):
     with TeacherServer(Script(answers_of(rows))) as teacher:
         task_file, raw = write_task(tmp_path, rows, teacher.url)
         summaries = label_file(load_config(task_file), raw, tmp_path / "labelled.jsonl", limit=8, holdout=4, seed=1)
-    labelled = {row["id"] for row in read_appended(tmp_path / "labelled.jsonl")}
-    held = {row["id"] for row in read_appended(tmp_path / "labelled.holdout.jsonl")}
+    labelled = {row["id"] for row in read_jsonl(tmp_path / "labelled.jsonl")}
+    held = {row["id"] for row in read_jsonl(tmp_path / "labelled.holdout.jsonl")}
     assert (len(labelled), len(held), labelled & held) == (8, 4, set())
     assert [s["accepted"] for s in summaries] == [8, 4] and len(teacher.log) == 12
 
@@ -228,7 +229,7 @@ def test_redacted_text_leaves_the_machine_masked_and_answers_come_back_whole(tmp
         [summary] = label_file(load_config(task_file), raw, tmp_path / "labelled.jsonl", redact=True)
     assert summary["accepted"] == 1
     assert [e.text for e in teacher.log] == [sent]
-    assert read_appended(tmp_path / "labelled.jsonl")[0]["output"]["email"] == "lilei@example.com"
+    assert read_jsonl(tmp_path / "labelled.jsonl")[0]["output"]["email"] == "lilei@example.com"
     assert "lilei" not in (tmp_path / "labelled.cache.jsonl").read_text(encoding="utf-8")
 
 
@@ -309,6 +310,6 @@ def test_smalltune_serve_as_teacher_garbage_answers_are_rejected_with_reasons(tm
         [summary] = label_file(load_config(task_file), raw, tmp_path / "labelled.jsonl")
     assert (summary["accepted"], summary["repaired"], summary["rejected"], summary["unlabelled"]) == (0, 0, 3, 0)
     assert summary["this_run"]["requests"] == 6  # each record: the question, then the reason fed back once
-    rejects = read_appended(tmp_path / "labelled.rejects.jsonl")
+    rejects = read_jsonl(tmp_path / "labelled.rejects.jsonl")
     assert sorted(row["id"] for row in rejects) == sorted(r["id"] for r in rows)
     assert all(len(row["answers"]) == 2 and "JSON" in row["reason"] for row in rejects)  # parsed, not refused

@@ -7,9 +7,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_jsonl
+from conftest import make_run_dir, write_jsonl
 from smalltune.cli import app
 from smalltune.config import TaskConfig, save_config
+from smalltune.errors import DataError, OutputError
 from smalltune.inference.predict import predict_file
 from smalltune.recipes.synth.complaints import FIELDS, generate_complaints
 
@@ -60,9 +61,45 @@ def test_predict_reports_a_bad_input_record_and_answers_the_rest(tmp_path, tiny_
     rows = {r["id"]: r for r in map(json.loads, out.read_text(encoding="utf-8").splitlines())}
     bad = [r for r in rows.values() if r["answer"] is None]
     assert len(rows) == 8 and len(bad) == 1
-    assert bad[0]["id"].endswith("in.jsonl:8") and "input" in bad[0]["error"]
+    assert bad[0]["id"] == "no-text" and bad[0]["where"].endswith("in.jsonl:8") and "input" in bad[0]["error"]
     assert predict_file(run_dir, inputs, out) == 0
     assert len(out.read_text(encoding="utf-8").splitlines()) == 8  # the error line is not repeated on resume
+
+
+def test_an_input_or_a_file_predict_did_not_write_is_never_the_output(tmp_path, tiny_qwen3_dir):
+    run_dir = make_run_dir(tmp_path, tiny_qwen3_dir)
+    inputs = tmp_path / "in.json"
+    inputs.write_text('{"id": "a", "input": "张三的电话是13800000000"}\n{"id": "b", "input": "李四"}', encoding="utf-8")
+    train_file, before = tmp_path / "train.jsonl", {}
+    for path in (inputs, train_file):
+        before[path] = path.read_bytes()
+    with pytest.raises(OutputError, match="would overwrite the input"):
+        predict_file(run_dir, inputs, tmp_path / "." / "in.json")
+    with pytest.raises(OutputError, match=r"train\.jsonl:1: not a row of this command's output"):
+        predict_file(run_dir, inputs, train_file)
+    assert {path: path.read_bytes() for path in before} == before
+
+
+def test_the_input_is_checked_before_the_model_is_loaded(tmp_path, tiny_qwen3_dir):
+    from smalltune.runs import RunDir
+
+    run = RunDir(make_run_dir(tmp_path, tiny_qwen3_dir))
+    config = run.config()
+    save_config(config.model_copy(update={"model": config.model.model_copy(update={"name": str(tmp_path / "gone")})}),
+                run.task_file)  # loading the model would fail
+    with pytest.raises(DataError, match="missing.jsonl: no such data file"):
+        predict_file(run.path, tmp_path / "missing.jsonl", tmp_path / "out.jsonl")
+
+
+def test_error_lines_are_written_once_however_the_input_path_is_spelled(tmp_path, tiny_qwen3_dir, monkeypatch):
+    run_dir = make_run_dir(tmp_path, tiny_qwen3_dir)
+    inputs = write_jsonl(tmp_path / "in.jsonl", [{"id": "x1"}, {"input": ""}])
+    out = tmp_path / "out.jsonl"
+    monkeypatch.chdir(tmp_path)
+    predict_file(run_dir, "in.jsonl", out)
+    predict_file(run_dir, inputs, out)
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [(r["id"], r["where"]) for r in rows] == [("x1", f"{inputs}:1"), ("in-2", f"{inputs}:2")]
 
 
 def test_cli_error_is_one_clear_line_without_traceback(tmp_path):
@@ -109,3 +146,16 @@ def test_predict_rows_of_a_classify_run_carry_each_candidates_probability(tmp_pa
     for row in rows.values():
         assert sum(row["scores"].values()) == pytest.approx(1.0)
         assert row["result"] == row["answer"] == max(row["scores"], key=row["scores"].get) and row["error"] is None
+
+
+def test_data_check_reports_a_record_whose_input_training_would_shorten(tmp_path, tiny_qwen3_dir):
+    rows, _ = generate_complaints(n_train=12, n_test=1, seed=4)
+    rows[5]["input"] += "后来又说了很多话，" * 40_000  # about 1 MB: far past model.max_length
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    config = TaskConfig(name="c", kind="extract", fields=FIELDS, data={"train": tmp_path / "d.jsonl"},
+                        model={"name": str(tiny_qwen3_dir)})
+    save_config(config, tmp_path / "task.yaml")
+    result = runner.invoke(app, ["data", "check", str(tmp_path / "task.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "shortened: 1 record(s) too long for model.max_length" in result.output
+    assert f"{tmp_path / 'd.jsonl'}:6" in result.output

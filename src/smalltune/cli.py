@@ -25,6 +25,7 @@ app.add_typer(data_app, name="data")
 console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get the whole table, not 80 columns
 
 TaskFile = typer.Argument(..., exists=False, help="The task's YAML file.")
+_SHOWN = 20  # records listed by name in a warning; the rest are counted
 EngineName = typer.Option("transformers", "--engine",
                           help=f"{' | '.join(ENGINES.names())} (vLLM in its own environment: `make setup-vllm`).")
 
@@ -73,7 +74,8 @@ def init(
     if out.exists():
         raise SmalltuneError(f"{out} exists; choose another --out or delete it")
     out.write_text(example_task_file(kind), encoding="utf-8")
-    console.print(f"wrote {out}: edit data paths and the task's keys, then `smalltune data check {out}`")
+    shown = escape(str(out))
+    console.print(f"wrote {shown}: edit data paths and the task's keys, then `smalltune data check {shown}`")
 
 
 def example_task_file(kind: str) -> str:
@@ -92,7 +94,7 @@ def data_check(task_file: Path = TaskFile) -> None:
     from smalltune.training.datacheck import check_data
 
     report = check_data(load_config(task_file))
-    table = Table(title=f"data check: {task_file}")
+    table = Table(title=f"data check: {escape(str(task_file))}")
     for column in ("split", "records"):
         table.add_column(column)
     for split, count in report.counts.items():
@@ -101,9 +103,16 @@ def data_check(task_file: Path = TaskFile) -> None:
     if report.token_percentiles:
         console.print("prompt+answer tokens p50/p90/p99/max: " + " / ".join(str(v) for v in report.token_percentiles.values()))
     for a, b in report.duplicates:
-        console.print(f"[yellow]duplicate[/]: {b} repeats {a}")
+        console.print(f"[yellow]duplicate[/]: {escape(b)} repeats {escape(a)}")
+    if report.shortened:
+        console.print(f"[yellow]shortened[/]: {len(report.shortened)} record(s) too long for model.max_length: "
+                      "training shortens their input (the answer is never cut):")
+        for where in report.shortened[:_SHOWN]:
+            console.print(f"  {escape(where)}")
+        if len(report.shortened) > _SHOWN:
+            console.print(f"  ... and {len(report.shortened) - _SHOWN} more")
     for problem in report.problems:
-        console.print(f"[red]invalid[/]: {problem}")
+        console.print(f"[red]invalid[/]: {escape(problem)}")
     if report.problems:
         raise typer.Exit(1)
 
@@ -114,7 +123,7 @@ def train(task_file: Path = TaskFile, resume: bool = typer.Option(False, help="C
     from smalltune.training.run import train as run_training
 
     run_dir = run_training(load_config(task_file), resume=resume)
-    console.print(f"run directory: {run_dir}")
+    console.print(f"run directory: {escape(str(run_dir))}")
 
 
 def _with_interval(result, metric: str) -> str:
@@ -164,14 +173,12 @@ def predict(
     out: Path = typer.Option(..., "-o", "--out", help="JSONL output: id, answer, parsed value, error."),
     engine: str = EngineName,
 ) -> None:
-    """Answer every record of a file with the fine-tuned model."""
-    from smalltune.inference.engine import load_engine
+    """Answer every record of a file with the fine-tuned model (the input is checked before the model loads)."""
     from smalltune.inference.predict import predict_file
 
-    answering = load_engine(run_dir, engine)
     with _RecordBar("predict") as bar:
-        count = predict_file(run_dir, input_file, out, on_start=bar.start, on_batch=bar.advance, engine=answering)
-    console.print(f"wrote {count} answers to {out}")
+        count = predict_file(run_dir, input_file, out, on_start=bar.start, on_batch=bar.advance, engine=engine)
+    console.print(f"wrote {count} answers to {escape(str(out))}")
 
 
 @app.command()
@@ -258,7 +265,7 @@ def export(
     from smalltune.serving.export import export_adapter, export_merged
 
     written = export_merged(run_dir, out) if merge else export_adapter(run_dir, out)
-    console.print(f"wrote {'merged model' if merge else 'adapter'} to {written}")
+    console.print(f"wrote {'merged model' if merge else 'adapter'} to {escape(str(written))}")
 
 
 @data_app.command("convert")
@@ -274,7 +281,8 @@ def data_convert(
 
     converted = convert_file(input_file, out, source_format)
     settings = yaml.safe_dump({"data": converted.data}, allow_unicode=True, default_flow_style=None, sort_keys=False)
-    console.print(f"wrote {converted.count} records to {out}; read them with, in the task file:\n{settings}", soft_wrap=True)
+    console.print(f"wrote {converted.count} records to {escape(str(out))}; read them with, in the task file:\n"
+                  f"{escape(settings)}", soft_wrap=True)
 
 
 @app.command()

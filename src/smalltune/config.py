@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from smalltune.errors import ConfigError, validation_problems
-from smalltune.io import atomic_write_text
+from smalltune.io import LONE_SURROGATE, atomic_write_text
 from smalltune.registry import FORMATS, KINDS
+
+
+_RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_TASK_FILE_SUFFIXES = (".yaml", ".yml")
 
 
 class _Strict(BaseModel):
@@ -161,7 +166,7 @@ class TeacherConfig(_Strict):
 class TaskConfig(_Strict):
     """Everything a run needs, from data to deployment."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(description="The run directory's name under output_dir: one folder name (letters, digits, _-.).")
     kind: str = Field(description=f"The task kind: {' | '.join(KINDS.names())}.")
     instruction: str = ""
     system: str | None = None
@@ -184,6 +189,15 @@ class TaskConfig(_Strict):
             return {k: {"description": v} if isinstance(v, str) else v for k, v in value.items()}
         return value
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, value: str) -> str:
+        """The run directory is output_dir/name: a name climbing out of output_dir or into a sub-folder is refused."""
+        if not _RUN_NAME.fullmatch(value) or value in (".", ".."):
+            raise ValueError(f"{value!r} is not one folder name: use letters, digits, '_', '-' and '.' "
+                             "(not '.' or '..'), e.g. name: my-task; the run directory is output_dir/name")
+        return value
+
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, value: str) -> str:
@@ -203,13 +217,67 @@ class TaskConfig(_Strict):
         return self.output_dir / self.name
 
 
+class _TaskFileProblem(Exception):
+    """A task file that YAML reads but smalltune does not accept: a key given twice, a lone surrogate."""
+
+    def __init__(self, line: int, message: str):
+        super().__init__(message)
+        self.line = line
+
+
+class _TaskFileLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last one silently) and
+    text holding a lone surrogate (a \\ud800 escape; no tokenizer can encode it)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                if key in first:
+                    raise _TaskFileProblem(line, f"key {key!r} is given twice (lines {first[key]} and {line}); "
+                                                 "YAML would keep only the last one: keep one of them")
+                first[key] = line
+            except TypeError:  # an unhashable key: YAML's own error follows
+                continue
+        return super().construct_mapping(node, deep)
+
+    def construct_scalar(self, node: yaml.ScalarNode) -> Any:
+        value = super().construct_scalar(node)
+        if isinstance(value, str) and LONE_SURROGATE.search(value):
+            raise _TaskFileProblem(node.start_mark.line + 1, "the text holds a lone surrogate (half of a UTF-16 "
+                                   "pair, from an escape such as \\ud800): write the character itself")
+        return value
+
+
+def _task_file_text(path: Path) -> str:
+    """The task file's text: UTF-8 (with or without BOM), or ConfigError naming the line that is not."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; give the task file in it (e.g. {path / 'task.yaml'})")
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such task file")
+    if path.suffix.lower() not in _TASK_FILE_SUFFIXES:
+        raise ConfigError(f"{path}: not a task file: give the task's YAML file (.yaml or .yml, e.g. task.yaml; "
+                          "`smalltune init` writes one); a data file goes in the task file, as data.train")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the task file as "
+                          "UTF-8 (in Notepad: Save As, Encoding: UTF-8)") from exc
+
+
 def load_config(path: str | Path) -> TaskConfig:
     """Read and validate a task file; relative data paths are resolved against the file's folder."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such task file")
+    text = _task_file_text(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(text, Loader=_TaskFileLoader) or {}
+    except _TaskFileProblem as exc:
+        raise ConfigError(f"{path}:{exc.line}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):

@@ -13,6 +13,10 @@ class DataError(SmalltuneError):
     """Input records are unreadable or invalid; the message lists each as file:line."""
 
 
+class OutputError(SmalltuneError):
+    """An output path that would overwrite an input, or that holds a file smalltune did not write there."""
+
+
 class ModelError(SmalltuneError):
     """A model reference cannot be resolved or loaded."""
 

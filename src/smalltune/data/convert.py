@@ -18,8 +18,8 @@ from pathlib import Path
 
 from smalltune.config import DataConfig
 from smalltune.data.records import load_records, record_row
-from smalltune.errors import ConfigError, DataError
-from smalltune.io import atomic_write_jsonl
+from smalltune.errors import ConfigError, DataError, OutputError
+from smalltune.io import atomic_write_jsonl, refuse_overwriting
 
 SOURCE_FORMATS: dict[str, dict] = {
     "alpaca": {"format": "alpaca"},
@@ -45,8 +45,10 @@ def convert_file(source: Path, target: Path, source_format: str) -> Converted:
     if source_format not in SOURCE_FORMATS:
         raise ConfigError(f"--from {source_format!r}: use one of {', '.join(SOURCE_FORMATS)}")
     source, target = Path(source), Path(target)
-    if target.resolve() == source.resolve():
-        raise ConfigError(f"{target}: the output would overwrite the input; choose another path")
+    refuse_overwriting([target], [source])
+    if target.is_dir():
+        example = target / source.with_suffix(".jsonl").name
+        raise OutputError(f"{target}: is a folder; give the JSONL file to write, e.g. {example}")
     loaded = load_records(source, DataConfig(train=source, **SOURCE_FORMATS[source_format]), require_output=False)
     if loaded.problems:
         shown = loaded.problems[:_SHOWN_PROBLEMS]

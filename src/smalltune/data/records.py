@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from smalltune.config import DataConfig
-from smalltune.data.readers import read_rows
+from smalltune.data.readers import RecordProblem, read_rows
 from smalltune.errors import DataError
 from smalltune.registry import FORMATS
 
@@ -29,12 +29,30 @@ class Record:
     extra: dict[str, Any] = field(default_factory=dict)  # the row's columns no role reads (e.g. a page's html)
 
 
+@dataclass(frozen=True)
+class Invalid:
+    """A row that is not a valid record: where it is, its id (the row's own when the row could be read and its
+    id is valid, else the id a record there would get: file stem and line), and why."""
+
+    where: str
+    id: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
 @dataclass
 class Loaded:
-    """The valid records of one file and one 'file:line: message' per invalid one."""
+    """The valid records of one file and the invalid rows, each reported as 'file:line: message'."""
 
     records: list[Record]
-    problems: list[str]
+    invalid: list[Invalid]
+
+    @property
+    def problems(self) -> list[str]:
+        """One 'file:line: message' per invalid row."""
+        return [str(row) for row in self.invalid]
 
 
 @dataclass
@@ -45,10 +63,6 @@ class Splits:
     validation: list[Record]
     test: list[Record]
     problems: list[str]
-
-
-class RecordProblem(Exception):
-    """A record-level problem; the message names the field and how to fix it."""
 
 
 def _record_id(row: dict, key: str, default: str) -> str:
@@ -68,12 +82,14 @@ def load_records(path: Path, data: DataConfig, *, require_output: bool = True,
     layout = FORMATS.get(data.format)()
     id_key = layout.id_key(data.columns)
     read_keys = layout.read_keys(data.columns)
-    loaded = Loaded(records=[], problems=[])
+    loaded = Loaded(records=[], invalid=[])
     first_at: dict[str, str] = {}
     for line, row in read_rows(path):
-        where = f"{path}:{line}"
+        where, record_id = f"{path}:{line}", f"{path.stem}-{line}"
         try:
-            record_id = _record_id(row, id_key, f"{path.stem}-{line}")
+            if isinstance(row, RecordProblem):
+                raise row
+            record_id = _record_id(row, id_key, record_id)
             if record_id in first_at:
                 raise RecordProblem(f"duplicate id '{record_id}' (first at {first_at[record_id]}); give each record its own id")
             extra = {key: value for key, value in row.items() if key not in read_keys}
@@ -82,7 +98,7 @@ def load_records(path: Path, data: DataConfig, *, require_output: bool = True,
             if message:
                 raise RecordProblem(message)
         except RecordProblem as exc:
-            loaded.problems.append(f"{where}: {exc}")
+            loaded.invalid.append(Invalid(where, record_id, str(exc)))
             continue
         first_at[record_id] = where
         loaded.records.append(record)

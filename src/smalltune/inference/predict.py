@@ -7,8 +7,11 @@ from pathlib import Path
 
 from smalltune.data.records import load_records
 from smalltune.inference.engine import Engine, OnBatch, load_engine
-from smalltune.io import append_jsonl, json_line, read_appended
+from smalltune.io import append_jsonl, json_line, read_appended, refuse_overwriting
 from smalltune.runs import RunDir
+
+PREDICTION_KEYS = ("id", "answer", "result", "error", "input_shortened")  # every row of an output; an invalid
+# input record's row also has "where" (file:line)
 
 
 def predict_file(
@@ -17,28 +20,37 @@ def predict_file(
     out: Path,
     on_start: Callable[[int], None] | None = None,
     on_batch: OnBatch | None = None,
-    engine: Engine | None = None,
+    engine: Engine | str = "transformers",
 ) -> int:
     """Answer each record not yet in `out`, appending one line per record; returns how many were answered.
 
-    Invalid input records get an error line each instead of stopping the run. An answer chosen by scoring its
-    candidates (classify) also gets `scores`: each candidate's probability. `engine` answers them (default: the
-    run's model in the transformers engine, see `load_engine`).
+    The input file is read, and `out` checked, before the model is loaded: `out` must not be the input and must
+    be new, empty or an earlier output of predict (see `io.read_appended`). An invalid input record gets an
+    error line (its id, its `where`) instead of stopping the run. An answer chosen by scoring its candidates (classify)
+    also gets `scores`: each candidate's probability. `engine` answers the records: an `Engine`, or
+    the name of one to load the run's model into (see `load_engine`).
     """
-    engine = engine or load_engine(run_dir)
-    loaded = load_records(Path(input_file), engine.config.data, require_output=False)
-    done = {row["id"] for row in read_appended(out)}
-    todo = [r for r in loaded.records if r.id not in done]
-    invalid = [p for p in loaded.problems if p.split(": ", 1)[0] not in done]
+    input_file, out = Path(input_file).resolve(), Path(out)  # resolved: one file's error lines, however spelled
+    refuse_overwriting([out], [input_file])
+    config = engine.config if isinstance(engine, Engine) else RunDir.load(run_dir).config()
+    loaded = load_records(input_file, config.data, require_output=False)
+    written = read_appended(out, PREDICTION_KEYS)
+    answered = {row["id"] for row in written if "where" not in row}
+    reported = {row["where"] for row in written if "where" in row}
+    todo = [r for r in loaded.records if r.id not in answered]
+    invalid = [row for row in loaded.invalid if row.where not in reported]
     if on_start:
         on_start(len(todo))
-    chunk = engine.config.infer.batch_size * 4
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a", encoding="utf-8") as handle:
-        for problem in invalid:  # an unreadable record gets its error line (id = file:line); the run goes on
-            where, _, why = problem.partition(": ")
-            append_jsonl(handle, {"id": where, "answer": None, "result": None, "error": f"invalid record: {why}",
-                                  "input_shortened": False})
+        for row in invalid:  # an unreadable record gets its error line; the run goes on
+            error = f"invalid record: {row.reason}"
+            append_jsonl(handle, {"id": row.id, "answer": None, "result": None, "error": error, "input_shortened": False,
+                                  "where": row.where})
+        if not todo:
+            return 0
+        engine = engine if isinstance(engine, Engine) else load_engine(run_dir, engine)
+        chunk = engine.config.infer.batch_size * 4
         for start in range(0, len(todo), chunk):
             records = todo[start : start + chunk]
             generation = engine.generate(records, on_batch)

@@ -24,16 +24,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from smalltune.config import TaskConfig, TeacherConfig
+from smalltune.config import TaskConfig
 from smalltune.data.records import Record, load_records, record_row
 from smalltune.errors import ConfigError, DataError
-from smalltune.io import append_jsonl, atomic_write_json, read_appended
+from smalltune.io import append_jsonl, atomic_write_json, read_appended, refuse_overwriting
 from smalltune.labelling.redact import Redaction
 from smalltune.labelling.select import choose
 from smalltune.labelling.teacher import Refused, Tally, Teacher, api_key, teacher_of
+from smalltune.registry import FORMATS
 from smalltune.tasks import build_task
 
 FEEDBACK = "你的回答不合格：{reason}。请按要求重新回答，只输出答案。"
+REJECT_KEYS = ("id", "where", "input", "answers", "reasons", "reason")  # every row of a rejects file
+CACHE_KEYS = ("key", "id", "answer")  # every row of a request cache
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,16 @@ class Outputs:
     def holdout(self) -> Outputs:
         return Outputs(self.labelled.with_name(f"{self.labelled.stem}.holdout.jsonl"))
 
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every file written for this output."""
+        return self.labelled, self.rejects, self.cache, self.summary
+
+
+def labelled_keys(config: TaskConfig) -> tuple[str, str]:
+    """The keys every labelled row holds: the data format's id key (written first) and label_status."""
+    return FORMATS.get(config.data.format)().id_key(config.data.columns), "label_status"
+
 
 def cache_key(record_id: str, model: str, messages: list[dict[str, str]]) -> str:
     """Record id + hash of what is sent: the same question is never paid for twice."""
@@ -73,7 +86,7 @@ class _Labeller:
         self.task = build_task(config)
         self.settings = teacher_of(config)
         self.outputs, self.redact, self.tally, self.on_record = outputs, redact, tally, on_record
-        self.cache = {row["key"]: row for row in read_appended(outputs.cache)}
+        self.cache = {row["key"]: row for row in read_appended(outputs.cache, CACHE_KEYS)}
 
     async def run(self, records: list[Record]) -> str:
         """Label every record; returns the response format the endpoint accepted."""
@@ -163,22 +176,25 @@ def label_records(config: TaskConfig, records: list[Record], out: Path, *, redac
     outputs = Outputs(Path(out))
     started = time.perf_counter()
     selected = {r.id for r in records}
-    decided = {row["id"] for row in read_appended(outputs.labelled) + read_appended(outputs.rejects)}
+    keys = labelled_keys(config)
+    decided = ({row[keys[0]] for row in read_appended(outputs.labelled, keys)}
+               | {row["id"] for row in read_appended(outputs.rejects, REJECT_KEYS)})
     todo = [r for r in records if r.id not in decided]
     tally = Tally(records=len(records), done_before=len(selected & decided))
     if on_start:
         on_start(tally)
     response_format = _run(_Labeller(config, outputs, redact, tally, on_record).run(todo)) if todo else "-"
-    summary = summarise(outputs, selected, tally, teacher_of(config), response_format)
+    summary = summarise(config, outputs, selected, tally, response_format)
     summary["seconds"] = round(time.perf_counter() - started, 2)
     atomic_write_json(outputs.summary, summary)
     return summary
 
 
-def summarise(outputs: Outputs, selected: set[str], tally: Tally, teacher: TeacherConfig, response_format: str) -> dict:
+def summarise(config: TaskConfig, outputs: Outputs, selected: set[str], tally: Tally, response_format: str) -> dict:
     """Counts over the whole output (all runs) and what this run spent."""
-    statuses = Counter(row.get("label_status") for row in read_appended(outputs.labelled) if row["id"] in selected)
-    rejected = sum(row["id"] in selected for row in read_appended(outputs.rejects))
+    teacher, keys = teacher_of(config), labelled_keys(config)
+    statuses = Counter(row["label_status"] for row in read_appended(outputs.labelled, keys) if row[keys[0]] in selected)
+    rejected = sum(row["id"] in selected for row in read_appended(outputs.rejects, REJECT_KEYS))
     accepted, repaired = statuses["accepted"], statuses["repaired"]
     return {
         "output": str(outputs.labelled), "rejects": str(outputs.rejects), "records": len(selected),
@@ -202,12 +218,14 @@ def label_file(config: TaskConfig, input_file: Path, out: Path, *, limit: int | 
     api_key(teacher_of(config))
     if Path(out).suffix != ".jsonl":
         raise ConfigError(f"--out {out}: the labelled output is JSON Lines; give it a .jsonl name")
+    outputs = Outputs(Path(out))
+    refuse_overwriting([*outputs.files, *(outputs.holdout.files if holdout else ())], [input_file])
     loaded = load_records(Path(input_file), config.data, require_output=False)
     if loaded.problems:
         raise DataError(f"invalid raw records in {input_file}:\n" + "\n".join(loaded.problems))
     chosen, held = choose(loaded.records, limit, holdout, config.data.split_seed if seed is None else seed)
     summaries = [label_records(config, chosen, out, redact=redact, on_start=on_start, on_record=on_record)]
     if held:
-        summaries.append(label_records(config, held, Outputs(Path(out)).holdout.labelled, redact=redact,
+        summaries.append(label_records(config, held, outputs.holdout.labelled, redact=redact,
                                        on_start=on_start, on_record=on_record))
     return summaries

@@ -22,18 +22,25 @@ import torch
 from peft import PeftModel
 from transformers import AutoConfig, GenerationConfig
 
-from smalltune.errors import SmalltuneError
+from smalltune.errors import OutputError
 from smalltune.formatting import end_of_turn_ids
 from smalltune.io import atomic_write_text
 from smalltune.models import load_model, load_tokenizer, resolve_model
 from smalltune.runs import RunDir
 
 
+def _check_out(out_dir: Path) -> None:
+    """OutputError unless out_dir is new or an empty folder."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"--out {out_dir}: is a file; give a new folder to write the model into")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise OutputError(f"--out {out_dir}: exists and is not empty; choose another folder or delete it")
+
+
 def _write_into(out_dir: Path, fill: Callable[[Path], None]) -> Path:
     """Let `fill` write a fresh folder beside out_dir, then rename it into place (no half-written export)."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise SmalltuneError(f"{out_dir} exists and is not empty; choose another --out or delete it")
+    _check_out(out_dir)
     staging = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -73,6 +80,7 @@ def export_merged(run_dir: Path, out_dir: Path) -> Path:
 
     The merge is done in float32 and saved in the base checkpoint's dtype.
     """
+    _check_out(Path(out_dir))  # before the merge, which takes a while
     run = RunDir.load(run_dir)
     config = run.config()
     base_path = resolve_model(config.model.name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from smalltune.data.readers import read_rows
+from smalltune.data.readers import read_objects
 from smalltune.io import atomic_write_jsonl
 from smalltune.recipes.synth.shared_data import sample_rows, shared_data_dir, shared_file
 
@@ -19,7 +19,7 @@ def write_role_play(out_dir: Path, n_train: int, n_test: int, data_dir: Path | N
     """
     source = shared_file(shared_data_dir(data_dir), HUANHUAN_FILE)
     first: dict[str, dict] = {}
-    for line, row in read_rows(source):
+    for line, row in read_objects(source):
         first.setdefault(row["instruction"].strip(), {"id": f"huanhuan-{line}", **row})
     rows = sample_rows(list(first.values()), n_train + n_test, random.Random(seed))
     paths = (Path(out_dir) / "train.jsonl", Path(out_dir) / "test.jsonl")

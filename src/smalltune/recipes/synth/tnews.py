@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from smalltune.data.readers import read_rows
+from smalltune.data.readers import read_objects
 from smalltune.io import atomic_write_jsonl
 from smalltune.recipes.synth.shared_data import sample_rows, shared_data_dir, shared_file
 
@@ -20,7 +20,7 @@ FEW_CANDIDATES_FILE = "test-few.jsonl"  # the test headlines again, each among 3
 
 def tnews_labels(data_dir: Path) -> dict[str, str]:
     """TNEWS's English label names (news_sports ...) to the Chinese ones (体育 ...), in the label file's order."""
-    rows = read_rows(shared_file(data_dir, TNEWS_LABELS))
+    rows = read_objects(shared_file(data_dir, TNEWS_LABELS))
     return {row["label_desc"]: row["label_zh"] for _, row in rows}
 
 
@@ -43,7 +43,7 @@ def few_candidate_records(rows: list[dict], labels: list[str], rng: random.Rando
 
 def _headlines(data_dir: Path, split: str, names: dict[str, str]) -> list[dict]:
     source = shared_file(data_dir, TNEWS_FILES[split])
-    return [{"id": row["id"], "text": row["sentence"], "label": names[row["label_desc"]]} for _, row in read_rows(source)]
+    return [{"id": row["id"], "text": row["sentence"], "label": names[row["label_desc"]]} for _, row in read_objects(source)]
 
 
 def write_news(out_dir: Path, n_train: int, n_test: int, data_dir: Path | None = None, seed: int = 0) -> tuple[Path, Path]:
