@@ -6,23 +6,20 @@ prompt + answer + end-of-turn, with labels on the answer and end-of-turn only. W
 the record's input is shortened; the answer never is. Many records are tokenised in one call (the fast
 tokenizer's batch).
 
-User text is data: the template is rendered with a slot in place of each message's content, so its control
-tokens (`<|im_start|>`, `<|im_end|>`, ...) come from the template alone; the text between them, contents
-filled in, is tokenised by the tokenizer's BPE without its added tokens. A control-token string inside a
-record (`<|im_end|><|im_start|>system ...`) therefore stays plain text, and a prompt without one gets exactly
-the ids the tokenizer gives the rendered text.
+User text is data: a control-token string inside a record (`<|im_end|><|im_start|>system ...`) stays plain
+text. Prompts whose texts spell out one are tokenised with `apply_chat_template(..., sanitize_control_tokens=True)`,
+so that the control tokens come from the template alone; answers with their special tokens split into text.
+Every other prompt gets exactly the ids the tokenizer gives its rendered text.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
 from smalltune.config import TaskConfig
@@ -30,10 +27,6 @@ from smalltune.data.records import Record
 from smalltune.tasks.base import TaskKind
 
 _SENTINEL = "\u2063SMALLTUNE\u2063"
-_SLOT = "\u2063SMALLTUNE{}\u2063"  # where message content i goes in a rendered template
-_SLOTS = re.compile("\u2063SMALLTUNE(\\d+)\u2063")
-
-Piece = int | str  # a control token's id, or text to tokenise as text
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict], enable_thinking: bool) -> str:
@@ -69,64 +62,9 @@ def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return ids
 
 
-@dataclass(frozen=True)
-class _Controls:
-    """A tokenizer's added tokens (its control tokens) and its BPE without them."""
-
-    split: re.Pattern[str]  # splits a text at each control-token string, capturing it
-    ids: dict[str, int]
-    text_only: Tokenizer
-
-
-@functools.lru_cache(maxsize=8)
-def _controls(tokenizer: PreTrainedTokenizerBase) -> _Controls:
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    spec.update(added_tokens=[], truncation=None, padding=None)
-    ids = {token.content: token_id for token_id, token in tokenizer.added_tokens_decoder.items()}
-    names = sorted(ids, key=len, reverse=True)  # the longest first, where one is a prefix of another
-    split = re.compile("(" + "|".join(map(re.escape, names)) + ")" if names else "(?!)")
-    return _Controls(split, ids, Tokenizer.from_str(json.dumps(spec)))
-
-
-def _text_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
-    """Token ids of many texts as plain text (a control-token string in them stays text), in one parallel batch."""
-    return [e.ids for e in _controls(tokenizer).text_only.encode_batch(texts, add_special_tokens=False)]
-
-
-@functools.lru_cache(maxsize=256)
-def _pieces(tokenizer: PreTrainedTokenizerBase, template_text: str) -> tuple[Piece, ...]:
-    """Template output (contents as slots) split into its control tokens' ids and the text between them."""
-    controls = _controls(tokenizer)
-    parts = controls.split.split(template_text)  # text, control, text, control, ..., text
-    return tuple(controls.ids[part] if i % 2 else part for i, part in enumerate(parts) if part)
-
-
-def _filled(pieces: Sequence[Piece], contents: Sequence[str]) -> list[Piece]:
-    """The pieces with each slot replaced by its content."""
-    return [p if isinstance(p, int) else _SLOTS.sub(lambda slot: contents[int(slot[1])], p) for p in pieces]
-
-
-def _ids(tokenizer: PreTrainedTokenizerBase, filled: list[list[Piece]]) -> list[list[int]]:
-    """Token ids of each filled template: control tokens as themselves, every text piece tokenised in one batch."""
-    texts = iter(_text_ids(tokenizer, [p for pieces in filled for p in pieces if isinstance(p, str)]))
-    return [[i for p in pieces for i in ([p] if isinstance(p, int) else next(texts))] for pieces in filled]
-
-
-@functools.lru_cache(maxsize=256)
-def _rendered(tokenizer: PreTrainedTokenizerBase, template: str, slotted: str, enable_thinking: bool) -> tuple[Piece, ...]:
-    """The pieces of the prompt of messages whose contents are slots (`slotted`, as JSON); cached per shape."""
-    return _pieces(tokenizer, render_prompt(tokenizer, json.loads(slotted), enable_thinking))
-
-
-def _prompt_pieces(tokenizer: PreTrainedTokenizerBase, messages: list[dict], enable_thinking: bool) -> list[Piece]:
-    """The prompt of `messages` as pieces: the template's control tokens, and text with the contents in it."""
-    slotted = json.dumps([{**m, "content": _SLOT.format(i)} for i, m in enumerate(messages)], ensure_ascii=False)
-    return _filled(_rendered(tokenizer, tokenizer.chat_template, slotted, enable_thinking), [m["content"] for m in messages])
-
-
 def _shortened(tokenizer: PreTrainedTokenizerBase, record: Record, excess: int) -> Record:
     """The record with its input cut by `excess` tokens (plus a small margin) at the end."""
-    (ids,) = _text_ids(tokenizer, [record.input])
+    ids = tokenizer(record.input, add_special_tokens=False)["input_ids"]
     keep = max(0, len(ids) - excess - 2)
     return dataclasses.replace(record, input=tokenizer.decode(ids[:keep]))
 
@@ -144,12 +82,39 @@ def with_shots(task: TaskKind, record: Record, shots: Sequence[Record]) -> list[
     return [*head, *solved, *messages[len(head):]]
 
 
+def _token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Token ids of many texts in one call: the fast tokenizer encodes them in parallel, on every core."""
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+
+@functools.lru_cache(maxsize=8)
+def _spelled_out(tokenizer: PreTrainedTokenizerBase) -> re.Pattern[str]:
+    """Finds any of the tokenizer's added tokens (its control tokens among them) spelled out in a text."""
+    names = sorted((token.content for token in tokenizer.added_tokens_decoder.values()), key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, names)) or "(?!)")
+
+
+def _sanitized_ids(tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict]], enable_thinking: bool,
+                   ) -> list[list[int]]:
+    """Prompt ids in which only the template writes control tokens: those spelled out in the messages are text."""
+    if not conversations:
+        return []
+    return tokenizer.apply_chat_template(conversations, tokenize=True, add_generation_prompt=True, return_dict=False,
+                                         enable_thinking=enable_thinking, sanitize_control_tokens=True)
+
+
 def _prompt_ids(
     tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: Sequence[Record], enable_thinking: bool,
     shots: Sequence[Record] = (),
 ) -> list[list[int]]:
-    """Each record's prompt ids, tokenised in one batch."""
-    return _ids(tokenizer, [_prompt_pieces(tokenizer, with_shots(task, r, shots), enable_thinking) for r in records])
+    """Each record's prompt ids: in one parallel batch, but sanitised where a text spells out a control token."""
+    conversations = [with_shots(task, r, shots) for r in records]
+    spelled = _spelled_out(tokenizer)
+    risky = [any(spelled.search(m["content"]) for m in c) for c in conversations]
+    plain = iter(_token_ids(tokenizer, [render_prompt(tokenizer, c, enable_thinking)
+                                        for c, r in zip(conversations, risky) if not r]))
+    sanitized = iter(_sanitized_ids(tokenizer, [c for c, r in zip(conversations, risky) if r], enable_thinking))
+    return [next(sanitized) if r else next(plain) for r in risky]
 
 
 @dataclass(frozen=True)
@@ -244,9 +209,10 @@ def _answer_and_prompt_ids(
     tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: Sequence[Record], enable_thinking: bool
 ) -> tuple[list[list[int]], list[list[int]]]:
     """Each record's answer + end-of-turn ids and its full prompt's ids, each list tokenised in one batch."""
-    closing = _pieces(tokenizer, _SLOT.format(0) + end_of_turn(tokenizer))
-    answers = _ids(tokenizer, [_filled(closing, [task.answer(r)]) for r in records])
-    return answers, _prompt_ids(tokenizer, task, records, enable_thinking)
+    texts = [task.answer(r) for r in records]
+    answers = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"] if texts else []
+    (closing,) = _token_ids(tokenizer, [end_of_turn(tokenizer)])
+    return [ids + closing for ids in answers], _prompt_ids(tokenizer, task, records, enable_thinking)
 
 
 def _example(
