@@ -1,8 +1,9 @@
 """The engine seam: what every inference engine does, `Generation`, and the one way to build an engine.
 
-Every engine gets its prompts from `formatting.prompts_for` (the rendering and shortening training used)
-and its answer grammars from the task kind, decodes greedily and stops at the template's end-of-turn
-token. An engine implements only how to answer ready prompt ids (`_answer`), how to switch the adapter off
+Every engine gets its prompts from `formatting.shown_prompts` (the rendering and shortening training used)
+and its answer grammars from the task kind, built from each record as shown (its input shortened to fit, so
+a grounded value can only copy text the model saw), decodes greedily and stops at the template's end-of-turn
+token. A record that cannot be shown or grounded is not answered: its `Generation.problems` entry says why. An engine implements only how to answer ready prompt ids (`_answer`), how to switch the adapter off
 (`untuned`) and how to fold it in (`merged`). `predict`, `eval`, `serve` and the CLI all build theirs
 with `load_engine`, so each of them runs on every engine in `smalltune.registry.ENGINES`.
 """
@@ -21,7 +22,8 @@ from transformers import PreTrainedTokenizerBase
 
 from smalltune.config import TaskConfig
 from smalltune.data.records import Record
-from smalltune.formatting import end_of_turn_ids, prompts_for
+from smalltune.errors import InputError
+from smalltune.formatting import Shown, end_of_turn_ids, shown_prompts
 from smalltune.models import load_tokenizer, resolve_model
 from smalltune.registry import ENGINES
 from smalltune.runs import RunDir
@@ -32,13 +34,15 @@ OnBatch = Callable[[int], None]
 
 @dataclass(frozen=True)
 class Generation:
-    """Answers in input order, what they cost, each prompt's length, and which inputs were shortened to fit."""
+    """Answers in input order, what they cost, each prompt's length, which inputs were shortened to fit, and
+    why a record was not answered (its text is then ''), None for each answered one."""
 
     texts: list[str]
     seconds: float
     new_tokens: int
     prompt_tokens: list[int]
     truncated: list[bool]
+    problems: list[str | None]
 
 
 class Engine(ABC):
@@ -103,19 +107,40 @@ class Engine(ABC):
         """
         started = time.perf_counter()
         texts, tokens = self._answer(prompts, grammars, on_batch)
-        return Generation(texts, time.perf_counter() - started, tokens, [len(p) for p in prompts], [False] * len(prompts))
+        return Generation(texts, time.perf_counter() - started, tokens, [len(p) for p in prompts], [False] * len(prompts),
+                          [None] * len(prompts))
 
     def generate(self, records: Sequence[Record], on_batch: OnBatch | None = None, shots: Sequence[Record] = (),
                  budget: int | None = None) -> Generation:
         """Answers for the records, prompted with the task's messages (after `shots` solved examples if given).
 
         `budget` is the prompt's length limit in tokens (default model.max_length); inputs are shortened to fit it.
+        A record whose prompt cannot fit, or whose shown input is too long to ground, gets a problem, not an answer.
         """
         started = time.perf_counter()
-        prompts, truncated = prompts_for(self.tokenizer, self.task, records, self.config, shots, budget)
-        grammars = [self.grammar(record) for record in records]
-        texts, tokens = self._answer(prompts, None if all(g is None for g in grammars) else grammars, on_batch)
-        return Generation(texts, time.perf_counter() - started, tokens, [len(p) for p in prompts], truncated)
+        shown = shown_prompts(self.tokenizer, self.task, records, self.config, shots, budget)
+        outcomes = [self._grammar_of(s) for s in shown]
+        problems = [problem for _, problem in outcomes]
+        asked = [i for i, problem in enumerate(problems) if problem is None]
+        grammars = [outcomes[i][0] for i in asked]
+        answers, tokens = self._answer([shown[i].ids for i in asked],
+                                       grammars if any(g is not None for g in grammars) else None,
+                                       on_batch) if asked else ([], 0)
+        texts = [""] * len(records)
+        for i, answer in zip(asked, answers):
+            texts[i] = answer
+        return Generation(texts, time.perf_counter() - started, tokens, [len(s.ids) for s in shown],
+                          [s.truncated for s in shown], problems)
+
+    def _grammar_of(self, shown: Shown) -> tuple[Any | None, str | None]:
+        """The grammar of the record as shown, or why the record cannot be answered (its input cannot be shown,
+        or is too long to ground)."""
+        if shown.problem is not None:
+            return None, f"{shown.record.where}: {shown.problem}"
+        try:
+            return self.grammar(shown.record), None
+        except InputError as exc:
+            return None, f"{shown.record.where}: {exc}"
 
 
 def load_engine(run: Path | str | RunDir, name: str = "transformers", merge: bool = True, **options: Any) -> Engine:
