@@ -11,6 +11,7 @@ input as the model is shown it (shortened to fit model.max_length), and at most 
 from __future__ import annotations
 
 import json
+import re
 
 from smalltune.errors import InputError
 
@@ -22,9 +23,19 @@ _JSON_STRING = r'''"\"" char* "\""
 char ::= [^"\\\x00-\x1f] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'''
 
 
+_ESCAPED = re.compile(r'["\\\x00-\x1f\x7f-\x9f]')
+"""What an EBNF literal cannot hold as itself: quotes, backslashes, control characters (a raw newline or NUL
+ends the literal)."""
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match[0]
+    return "\\" + char if char in '"\\' else f"\\u{ord(char):04x}"
+
+
 def ebnf_literal(text: str) -> str:
-    """`text` as an EBNF string literal."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """`text` as an EBNF string literal: quotes and backslashes escaped, control characters as \\uXXXX."""
+    return '"' + _ESCAPED.sub(_escape, text) + '"'
 
 
 def _json_escaped(char: str) -> str:
@@ -96,5 +107,7 @@ def extract_grammar(fields: dict[str, bool], text: str | None) -> str:
 
 
 def choice_grammar(labels: list[str]) -> str:
-    """EBNF of exactly one of the labels."""
+    """EBNF of exactly one of the labels; InputError when there are none."""
+    if not labels:
+        raise InputError("no labels to choose from: give the record its 'candidates' or the task 'labels'")
     return "root ::= " + " | ".join(ebnf_literal(label) for label in labels)
