@@ -45,7 +45,7 @@ def seed_loop(engine: Engine, records: list[Record]) -> Generation:
         tokens += len(new)
         lengths.append(len(ids))
         texts.append(engine.tokenizer.decode(new, skip_special_tokens=True))
-    return Generation(texts, time.perf_counter() - started, tokens, lengths, [False] * len(records))
+    return Generation(texts, time.perf_counter() - started, tokens, lengths, [False] * len(records), [None] * len(records))
 
 
 def variant(engine: Engine, constrained: bool) -> Engine:

@@ -8,6 +8,9 @@ per request, in order, then answers correctly:
   "slow"            the correct answer, after `slow_seconds` (longer than the client's timeout)
   "invalid"         text that is not JSON
   "ungrounded"      the correct JSON with one value changed so that it no longer occurs in the text
+  "html"            status 200 with an HTML page (a proxy's error page, say)
+  "truncated"       status 200 with the completion's JSON cut off halfway
+  "no_choices"      status 200 with a JSON object that has no `choices`
 
 The input text is the part of the first user message after the instruction (after the first blank line).
 Every request is logged with what was asked and what was done.
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 
 @dataclass
@@ -104,7 +107,15 @@ def create_teacher_app(script: Script, log: list[Logged]) -> FastAPI:
         elif behaviour == "ungrounded":
             answer = _ungrounded(answer)
         prompt_chars = sum(len(m["content"]) for m in messages)
-        return _completion(body["model"], answer, prompt_chars)
+        completion = _completion(body["model"], answer, prompt_chars)
+        if behaviour == "html":
+            return HTMLResponse("<html><body><h1>502 Bad Gateway</h1></body></html>")
+        if behaviour == "truncated":
+            whole = json.dumps(completion, ensure_ascii=False)
+            return Response(whole[: len(whole) // 2], media_type="application/json")
+        if behaviour == "no_choices":
+            return {key: value for key, value in completion.items() if key != "choices"}
+        return completion
 
     return app
 

@@ -9,6 +9,7 @@ import xgrammar as xgr
 from transformers import AutoModelForCausalLM
 
 from smalltune.config import TaskConfig
+from smalltune.tasks import grammar
 from smalltune.tasks.grammar import extract_grammar, substring_automaton
 from smalltune.data.records import Record
 from smalltune.inference.transformers_engine import TransformersEngine as Engine
@@ -90,3 +91,48 @@ def test_random_model_answers_one_of_the_candidates_when_constrained(tmp_path, t
     assert texts[0] in {"体育", "财经", "科技"}
     assert texts[1] in {"财经", "娱乐"}
     assert all(build_task(config).parse(t, r).ok for t, r in zip(texts, records))
+
+
+class GroundingRecorder(Engine):
+    """The transformers engine, keeping the input each grammar was built from and each prompt it answered."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.grounded_on: list[str] = []
+        self.prompts: list[list[int]] = []
+
+    def grammar(self, record):
+        self.grounded_on.append(record.input)
+        return super().grammar(record)
+
+    def _answer(self, prompts, grammars, on_batch):
+        self.prompts += prompts
+        return super()._answer(prompts, grammars, on_batch)
+
+
+def test_the_grounding_grammar_is_built_from_the_input_as_the_model_was_shown_it(tmp_path, tiny_qwen3_dir,
+                                                                                 qwen3_tokenizer):
+    config = _config(tmp_path, tiny_qwen3_dir, kind="extract")
+    engine = GroundingRecorder(AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir), qwen3_tokenizer, config)
+    text = TEXT + "无关的页脚文字。" * 300 + "只在末尾出现的地址：火星市"
+    generation = engine.generate([Record("long", "t:1", text, None)])
+    assert generation.truncated == [True]
+    (shown,) = engine.grounded_on
+    assert text.startswith(shown) and len(shown) < len(text) // 4 and "火星市" not in shown
+    assert shown in qwen3_tokenizer.decode(engine.prompts[0])  # exactly the text the model saw
+
+
+def test_a_record_that_cannot_be_shown_or_grounded_gets_its_problem_and_the_others_their_answers(
+        tmp_path, tiny_qwen3_dir, qwen3_tokenizer, monkeypatch):
+    monkeypatch.setattr(grammar, "MAX_GROUNDED_CHARS", 60)  # a cap the test's inputs can cross
+    config = _config(tmp_path, tiny_qwen3_dir, kind="extract")
+    engine = Engine(AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir), qwen3_tokenizer, config)
+    records = [Record("short", "in.jsonl:1", "我叫赵娜，电梯坏了。", None),
+               Record("long", "in.jsonl:2", TEXT + TEXT, None),
+               Record("wordy", "in.jsonl:3", "短", None, instruction="很长的说明。" * 200)]
+    generation = engine.generate(records)
+    fine, long, wordy = generation.problems
+    assert fine is None and engine.task.parse(generation.texts[0], records[0]).ok
+    assert long.startswith("in.jsonl:2: ") and "more than the 60" in long and "infer.grounded: false" in long
+    assert wordy.startswith("in.jsonl:3: ") and "raise model.max_length" in wordy
+    assert generation.texts[1:] == ["", ""]

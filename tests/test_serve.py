@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -18,12 +19,16 @@ import httpx2
 import openai
 import pytest
 import uvicorn
+from typer.testing import CliRunner
 
 from conftest import make_run_dir
+from smalltune.cli import app as cli
 from smalltune.data.records import Record
 from smalltune.formatting import encode_example, render_prompt
 from smalltune.inference.transformers_engine import TransformersEngine as Engine
 from smalltune.serving.app import ServeSettings, create_app
+from smalltune.tasks import grammar
+from smalltune.tasks.extract import ExtractTask
 
 KEY_ENV, KEY = "SMALLTUNE_TEST_KEY", "secret-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -234,14 +239,16 @@ def test_a_request_whose_client_left_is_skipped_not_computed(chat_engine):
     assert health["abandoned"] == 1 and health["engine_calls"] == 1
 
 
-def test_sigterm_lets_accepted_requests_finish_before_the_process_exits(tmp_path, tiny_qwen3_dir):
-    run_dir = make_run_dir(tmp_path, tiny_qwen3_dir, "chat", infer={"batch_size": 1, "max_new_tokens": 48})
+@contextmanager
+def serve_process(run_dir: Path, *options: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`smalltune serve run_dir` in a process of its own on a free loopback port, once it answers /health: its base
+    URL and the process (killed at the end if still running)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "smalltune.cli", "serve", str(run_dir), "--port", str(port)],
+        [sys.executable, "-m", "smalltune.cli", "serve", str(run_dir), "--port", str(port), *options],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     try:
@@ -254,20 +261,103 @@ def test_sigterm_lets_accepted_requests_finish_before_the_process_exits(tmp_path
                 break
             except httpx2.TransportError:
                 time.sleep(0.3)
-        with ThreadPoolExecutor(2) as pool:
-            pending = [pool.submit(httpx2.post, f"{url}/v1/chat/completions", json=chat(f"问题{i}"), timeout=120)
-                       for i in range(2)]
-            while True:  # wait until both are accepted: one in the engine, one queued
-                health = httpx2.get(f"{url}/health").json()
-                if health["requests_batched"] + health["queued"] == 2:
-                    break
-                time.sleep(0.05)
-            server.send_signal(signal.SIGTERM)
-            replies = [p.result() for p in pending]
-        assert [r.status_code for r in replies] == [200, 200]
-        assert all(r.json()["choices"][0]["message"]["content"] for r in replies)
-        assert server.wait(60) in (0, -signal.SIGTERM)
+        yield url, server
     finally:
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_sigterm_lets_accepted_requests_finish_before_the_process_exits(tmp_path, tiny_qwen3_dir):
+    run_dir = make_run_dir(tmp_path, tiny_qwen3_dir, "chat", infer={"batch_size": 1, "max_new_tokens": 48})
+    with serve_process(run_dir) as (url, server), ThreadPoolExecutor(2) as pool:
+        pending = [pool.submit(httpx2.post, f"{url}/v1/chat/completions", json=chat(f"问题{i}"), timeout=120)
+                   for i in range(2)]
+        while True:  # wait until both are accepted: one in the engine, one queued
+            health = httpx2.get(f"{url}/health").json()
+            if health["requests_batched"] + health["queued"] == 2:
+                break
+            time.sleep(0.05)
+        server.send_signal(signal.SIGTERM)
+        replies = [p.result() for p in pending]
+        assert [r.status_code for r in replies] == [200, 200]
+        assert all(r.json()["choices"][0]["message"]["content"] for r in replies)
+        assert server.wait(60) in (0, -signal.SIGTERM)
+
+
+def test_a_200000_character_request_is_answered_in_seconds_and_other_clients_meanwhile(runs):
+    engine = Engine.from_run(runs["extract"])
+    huge = {"text": (COMPLAINT * 4000)[:200_000], "id": "huge"}
+    with running(create_app(engine)) as url, ThreadPoolExecutor(1) as pool:
+        started = time.perf_counter()
+        pending = pool.submit(httpx2.post, f"{url}/v1/extract", json=huge, timeout=60)
+        while httpx2.get(f"{url}/health").json()["requests_batched"] < 1 and not pending.done():
+            time.sleep(0.01)
+        health = [httpx2.get(f"{url}/health", timeout=5).elapsed.total_seconds() for _ in range(5)]
+        other = httpx2.post(f"{url}/v1/extract", json={"text": COMPLAINT, "id": "other"}, timeout=60)
+        reply = pending.result()
+        took = time.perf_counter() - started
+    assert reply.status_code == 200 and reply.json()["input_shortened"] is True, reply.text
+    print(f"\n200,000 characters answered in {took:.1f} s; /health meanwhile in {max(health):.3f} s at most")
+    assert took < 30, f"the 200,000-character request took {took:.1f} s"
+    assert other.status_code == 200 and max(health) < 1, health
+
+
+def test_an_input_too_long_to_ground_is_answered_400_and_its_batch_neighbour_200(runs, monkeypatch):
+    monkeypatch.setattr(grammar, "MAX_GROUNDED_CHARS", 60)  # a cap the test's inputs can cross
+    engine = Engine.from_run(runs["extract"])
+    with running(create_app(engine)) as url:
+        short, long = post_together(f"{url}/v1/extract", [{"text": "我叫王芳。"}, {"text": COMPLAINT * 2}])
+    assert (short.status_code, long.status_code) == (200, 400)
+    assert "more than the 60" in long.json()["error"]["message"]
+    assert "infer.grounded: false" in long.json()["error"]["message"]
+
+
+def test_the_bearer_scheme_is_read_in_any_case(chat_engine, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    headers = [f"bearer {KEY}", f"BEARER {KEY}", f"Bearer  {KEY}", f"Basic {KEY}", KEY, f"Bearer {KEY}x", "Bearer"]
+    with running(create_app(chat_engine, ServeSettings(api_key_env=KEY_ENV))) as url:
+        codes = [httpx2.get(f"{url}/v1/models", headers={"Authorization": h}).status_code for h in headers]
+    assert codes == [200, 200, 200, 401, 401, 401, 401]
+
+
+class FailingEngine(Engine):
+    """The transformers engine failing inside, with internals in the exception's text."""
+
+    def _answer(self, prompts, grammars, on_batch):
+        raise RuntimeError("CUDA error at /home/alice/models, token=sk-live-123")
+
+
+class FailingParse(ExtractTask):
+    def parse(self, text, record):
+        raise KeyError("/srv/secret/config.yaml")
+
+
+def _logged(caplog, request_id: str) -> str:
+    """What the server logged under the request id: the message and the exception."""
+    entry = next(r for r in caplog.records if request_id in r.getMessage())
+    return f"{entry.getMessage()} {entry.exc_info[1]!r}"
+
+
+def test_a_failure_inside_the_server_is_a_500_with_a_request_id_and_its_details_only_in_the_log(runs, caplog):
+    chat_engine = FailingEngine.from_run(runs["chat"])
+    extract_engine = Engine.from_run(runs["extract"])
+    extract_engine.task = FailingParse(extract_engine.config)
+    with caplog.at_level(logging.ERROR, logger="smalltune.serving.app"):
+        with running(create_app(chat_engine)) as url:
+            engine_failed = httpx2.post(f"{url}/v1/chat/completions", json=chat("你好"), timeout=60)
+        with running(create_app(extract_engine)) as url:
+            parse_failed = httpx2.post(f"{url}/v1/extract", json={"text": COMPLAINT}, timeout=60)
+    for reply, secret in ((engine_failed, "sk-live-123"), (parse_failed, "/srv/secret")):
+        assert reply.status_code == 500 and secret not in reply.text and "alice" not in reply.text
+        error = reply.json()["error"]
+        request_id = reply.headers["X-Request-Id"]
+        assert error["type"] == "server_error" and request_id in error["message"]
+        assert secret in _logged(caplog, request_id)
+
+
+def test_serve_refuses_a_port_out_of_range_before_loading_the_model(tmp_path):
+    started = time.perf_counter()
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path / "no-such-run"), "--port", "99999"])
+    assert result.exit_code == 2 and "--port" in result.output and "65535" in result.output
+    assert time.perf_counter() - started < 5

@@ -241,7 +241,7 @@ def print_published(published, results: dict) -> None:
 def serve(
     run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 exposes the server to the network."),
-    port: int = typer.Option(8000, help="TCP port."),
+    port: int = typer.Option(8000, min=1, max=65535, help="TCP port (1-65535)."),
     max_queue: int = typer.Option(256, min=1, help="Requests that may wait for the model; more are answered 429."),
     max_body_bytes: int = typer.Option(1 << 20, min=1, help="Largest request body; larger ones are answered 413."),
     api_key_env: str = typer.Option(None, help="Environment variable holding the API key clients must send as Bearer."),

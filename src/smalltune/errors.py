@@ -28,3 +28,7 @@ class RunError(SmalltuneError):
 def validation_problems(errors: list[dict], prefix: str = "") -> list[str]:
     """One 'key.path: message' line per pydantic validation error (`prefix` before each key, e.g. 'teacher.')."""
     return [f"{prefix}{'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}" for error in errors]
+
+
+class InputError(SmalltuneError):
+    """One input cannot be answered as given (too long to show or to ground); the message says how to fix it."""

@@ -1,15 +1,22 @@
 """Messages to tokens with the model's own chat template.
 
 One rendering (`render_prompt`) and one shortening rule build every prompt, for training and inference
-alike: `prompt_ids` for one record, `prompts_for` for many. Training examples are prompt + answer +
-end-of-turn, with labels on the answer and end-of-turn only. When an example is too long, the record's input
-is shortened; the answer never is. Many records are tokenised in one call (the fast tokenizer's batch).
+alike: `prompt_ids` for one record, `shown_prompts` (or `prompts_for`) for many. Training examples are
+prompt + answer + end-of-turn, with labels on the answer and end-of-turn only. When an example is too long,
+the record's input is shortened; the answer never is. Many records are tokenised in one call (the fast
+tokenizer's batch).
+
+User text is data: a control-token string inside a record (`<|im_end|><|im_start|>system ...`) stays plain
+text. Prompts whose texts spell out one are tokenised with `apply_chat_template(..., sanitize_control_tokens=True)`,
+so that the control tokens come from the template alone; answers with their special tokens split into text.
+Every other prompt gets exactly the ids the tokenizer gives its rendered text.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -80,27 +87,64 @@ def _token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[lis
     return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
 
-def _prompt_texts(
+@functools.lru_cache(maxsize=8)
+def _spelled_out(tokenizer: PreTrainedTokenizerBase) -> re.Pattern[str]:
+    """Finds any of the tokenizer's added tokens (its control tokens among them) spelled out in a text."""
+    names = sorted((token.content for token in tokenizer.added_tokens_decoder.values()), key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, names)) or "(?!)")
+
+
+def _sanitized_ids(tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict]], enable_thinking: bool,
+                   ) -> list[list[int]]:
+    """Prompt ids in which only the template writes control tokens: those spelled out in the messages are text."""
+    if not conversations:
+        return []
+    return tokenizer.apply_chat_template(conversations, tokenize=True, add_generation_prompt=True, return_dict=False,
+                                         enable_thinking=enable_thinking, sanitize_control_tokens=True)
+
+
+def _prompt_ids(
     tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: Sequence[Record], enable_thinking: bool,
     shots: Sequence[Record] = (),
-) -> list[str]:
-    return [render_prompt(tokenizer, with_shots(task, r, shots), enable_thinking) for r in records]
+) -> list[list[int]]:
+    """Each record's prompt ids: in one parallel batch, but sanitised where a text spells out a control token."""
+    conversations = [with_shots(task, r, shots) for r in records]
+    spelled = _spelled_out(tokenizer)
+    risky = [any(spelled.search(m["content"]) for m in c) for c in conversations]
+    plain = iter(_token_ids(tokenizer, [render_prompt(tokenizer, c, enable_thinking)
+                                        for c, r in zip(conversations, risky) if not r]))
+    sanitized = iter(_sanitized_ids(tokenizer, [c for c, r in zip(conversations, risky) if r], enable_thinking))
+    return [next(sanitized) if r else next(plain) for r in risky]
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A record's prompt as the model is shown it: its token ids, the record with its input as shown (shortened
+    to fit, if `truncated`), or `problem`: why it cannot be shown at all (then `ids` is empty)."""
+
+    ids: list[int]
+    record: Record
+    truncated: bool
+    problem: str | None = None
 
 
 def _fit(
     tokenizer: PreTrainedTokenizerBase, task: TaskKind, record: Record, ids: list[int], budget: int,
     enable_thinking: bool, shots: Sequence[Record] = (),
-) -> tuple[list[int], bool]:
-    """The record's prompt ids (`ids`, as first rendered) within `budget`: its input shortened until they fit."""
+) -> Shown:
+    """The record's prompt (`ids`, as first rendered) within `budget`: its input shortened until it fits.
+
+    Raises ValueError when it does not fit even with an empty input.
+    """
     truncated = False
     for _ in range(5):
         if len(ids) <= budget or not record.input:
             break
         record, truncated = _shortened(tokenizer, record, len(ids) - budget), True
-        ids = _token_ids(tokenizer, _prompt_texts(tokenizer, task, [record], enable_thinking, shots))[0]
+        (ids,) = _prompt_ids(tokenizer, task, [record], enable_thinking, shots)
     if len(ids) > budget:
         raise ValueError(f"the prompt needs more than {budget} tokens even with the input shortened")
-    return ids, truncated
+    return Shown(ids, record, truncated)
 
 
 def prompt_ids(
@@ -116,20 +160,40 @@ def prompt_ids(
     `shots` are solved examples shown before the record (few-shot prompting; training uses none).
     Raises ValueError when the prompt does not fit even with an empty input.
     """
-    (ids,) = _token_ids(tokenizer, _prompt_texts(tokenizer, task, [record], enable_thinking, shots))
-    return _fit(tokenizer, task, record, ids, budget, enable_thinking, shots)
+    (ids,) = _prompt_ids(tokenizer, task, [record], enable_thinking, shots)
+    shown = _fit(tokenizer, task, record, ids, budget, enable_thinking, shots)
+    return shown.ids, shown.truncated
+
+
+def shown_prompts(
+    tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: Sequence[Record], config: TaskConfig,
+    shots: Sequence[Record] = (), budget: int | None = None,
+) -> list[Shown]:
+    """Each record's prompt within `budget` tokens (default: the task's model.max_length), tokenised in one batch,
+    with the record as shown; a record that cannot fit gets its `problem` instead."""
+    thinking, budget = config.model.enable_thinking, budget or config.model.max_length
+    shown = []
+    for record, ids in zip(records, _prompt_ids(tokenizer, task, records, thinking, shots)):
+        try:
+            shown.append(_fit(tokenizer, task, record, ids, budget, thinking, shots))
+        except ValueError as exc:
+            shown.append(Shown([], record, True, f"{exc} (raise model.max_length)"))
+    return shown
 
 
 def prompts_for(
     tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: Sequence[Record], config: TaskConfig,
     shots: Sequence[Record] = (), budget: int | None = None,
 ) -> tuple[list[list[int]], list[bool]]:
-    """Prompt ids of many records within `budget` tokens (default: the task's model.max_length), tokenised in one
-    batch, and which inputs were shortened."""
-    thinking, budget = config.model.enable_thinking, budget or config.model.max_length
-    first = _token_ids(tokenizer, _prompt_texts(tokenizer, task, records, thinking, shots))
-    built = [_fit(tokenizer, task, r, ids, budget, thinking, shots) for r, ids in zip(records, first)]
-    return [ids for ids, _ in built], [cut for _, cut in built]
+    """Prompt ids of many records within `budget` tokens (`shown_prompts`), and which inputs were shortened.
+
+    Raises ValueError when a prompt does not fit even with an empty input.
+    """
+    shown = shown_prompts(tokenizer, task, records, config, shots, budget)
+    problem = next((s.problem for s in shown if s.problem), None)
+    if problem:
+        raise ValueError(problem)
+    return [s.ids for s in shown], [s.truncated for s in shown]
 
 
 @dataclass(frozen=True)
@@ -144,16 +208,17 @@ class Example:
 def answer_ids(tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: Sequence[Record]) -> list[list[int]]:
     """Each record's answer + end-of-turn ids, the completion training labels (and classification scores),
     tokenised in one batch."""
-    closing = end_of_turn(tokenizer)
-    return _token_ids(tokenizer, [task.answer(r) + closing for r in records])
+    texts = [task.answer(r) for r in records]  # control tokens spelled out in an answer stay text
+    answers = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"] if texts else []
+    (closing,) = _token_ids(tokenizer, [end_of_turn(tokenizer)])
+    return [ids + closing for ids in answers]
 
 
 def _answer_and_prompt_ids(
     tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: Sequence[Record], enable_thinking: bool
 ) -> tuple[list[list[int]], list[list[int]]]:
     """Each record's answer + end-of-turn ids and its full prompt's ids, each list tokenised in one batch."""
-    answers = answer_ids(tokenizer, task, records)
-    return answers, _token_ids(tokenizer, _prompt_texts(tokenizer, task, records, enable_thinking))
+    return answer_ids(tokenizer, task, records), _prompt_ids(tokenizer, task, records, enable_thinking)
 
 
 def _example(
@@ -165,8 +230,8 @@ def _example(
     budget = max_length - len(completion)
     if budget <= 0:
         raise ValueError(f"the answer alone is {len(completion)} tokens, over max_length {max_length}")
-    prompt, truncated = _fit(tokenizer, task, record, prompt, budget, enable_thinking)
-    return Example(prompt + completion, [0] * len(prompt) + [1] * len(completion), truncated)
+    shown = _fit(tokenizer, task, record, prompt, budget, enable_thinking)
+    return Example(shown.ids + completion, [0] * len(shown.ids) + [1] * len(completion), shown.truncated)
 
 
 def encode_example(

@@ -1,5 +1,10 @@
 """Constrained decoding in the transformers engine: each record's EBNF answer grammar (`TaskKind.grammar`)
-compiled by xgrammar against the tokenizer, and applied to `generate` as a logits processor."""
+compiled by xgrammar against the tokenizer, and applied to `generate` as a logits processor.
+
+Compilation is dynamic: a grammar's token masks are built when decoding first reaches a state, not for every
+state up front. A grounded grammar has two states per character of the input, of which an answer visits a few
+dozen, so its compile time grows linearly with the input (0.14 s for 6,000 characters, against 4 s eagerly).
+"""
 
 from __future__ import annotations
 
@@ -7,22 +12,21 @@ import xgrammar as xgr
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
 from xgrammar.contrib.hf import LogitsProcessor as GrammarProcessor
 
+CACHE_BYTES = 64 << 20
+"""Memory the compiled grammars kept for reuse may take (the choice grammars of classify, say); a grounded
+grammar, unique to its input and growing while it decodes, is never kept."""
+
 
 class Grammars:
-    """Compiles (and caches) EBNF answer grammars against one tokenizer's vocabulary."""
+    """Compiles EBNF answer grammars against one tokenizer's vocabulary, keeping the reusable ones (`CACHE_BYTES`)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, stop_ids: list[int]):
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=stop_ids)
-        self.compiler = xgr.GrammarCompiler(info)
-        self._cache: dict[str, xgr.CompiledGrammar] = {}
+        self.compiler = xgr.GrammarCompiler(info, cache_limit_bytes=CACHE_BYTES, enable_dynamic_compilation=True)
 
     def compiled(self, ebnf: str) -> xgr.CompiledGrammar:
-        """The grammar compiled for this vocabulary (the last 256 kept)."""
-        if ebnf not in self._cache:
-            if len(self._cache) > 256:
-                self._cache.clear()
-            self._cache[ebnf] = self.compiler.compile_grammar(ebnf)
-        return self._cache[ebnf]
+        """The grammar compiled for this vocabulary."""
+        return self.compiler.compile_grammar(ebnf)
 
 
 def logits_processor(grammars: list[xgr.CompiledGrammar]) -> LogitsProcessor:

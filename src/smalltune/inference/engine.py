@@ -1,11 +1,13 @@
 """The engine seam: what every inference engine does, `Generation`, and the one way to build an engine.
 
-Every engine gets its prompts from `formatting.prompts_for` (the rendering and shortening training used)
-and its answer grammars from the task kind, decodes greedily and stops at the template's end-of-turn
-token. An engine implements only how to answer ready prompt ids (`_answer`), how to switch the adapter off
-(`untuned`) and how to fold it in (`merged`), and, to answer by scoring, how to score candidate answers after
-their prompts (`_score`). `predict`, `eval`, `serve` and the CLI all build theirs with `load_engine`, so each of
-them runs on every engine in `smalltune.registry.ENGINES`.
+Every engine gets its prompts from `formatting.shown_prompts` (the rendering and shortening training used)
+and its answer grammars from the task kind, built from each record as shown (its input shortened to fit, so
+a grounded value can only copy text the model saw), decodes greedily and stops at the template's end-of-turn
+token. A record that cannot be shown or grounded is not answered: its `Generation.problems` entry says why. An
+engine implements only how to answer ready prompt ids (`_answer`), how to switch the adapter off (`untuned`) and
+how to fold it in (`merged`), and, to answer by scoring, how to score candidate answers after their prompts
+(`_score`). `predict`, `eval`, `serve` and the CLI all build theirs with `load_engine`, so each of them runs on
+every engine in `smalltune.registry.ENGINES`.
 
 When the task kind answers by scoring (`TaskKind.scores_choices`: classify with infer.classify: score), `generate`
 scores each record's choices (`score_candidates`) instead of decoding: each choice's completion (its text and the
@@ -29,8 +31,8 @@ from transformers import PreTrainedTokenizerBase
 
 from smalltune.config import TaskConfig
 from smalltune.data.records import Record
-from smalltune.errors import ModelError
-from smalltune.formatting import answer_ids, end_of_turn_ids, prompts_for
+from smalltune.errors import InputError, ModelError
+from smalltune.formatting import Shown, answer_ids, end_of_turn_ids, shown_prompts
 from smalltune.models import load_tokenizer, resolve_model
 from smalltune.registry import ENGINES
 from smalltune.runs import RunDir
@@ -41,15 +43,17 @@ OnBatch = Callable[[int], None]
 
 @dataclass(frozen=True)
 class Generation:
-    """Answers in input order, what they cost, each prompt's length, and which inputs were shortened to fit; when
-    the answers were chosen by scoring, each one's choices with their probabilities (summing to 1)."""
+    """Answers in input order, what they cost, each prompt's length, which inputs were shortened to fit, and
+    why a record was not answered (its text is then ''), None for each answered one; when the answers were chosen
+    by scoring, each one's choices with their probabilities (summing to 1; None for a record not answered)."""
 
     texts: list[str]
     seconds: float
     new_tokens: int
     prompt_tokens: list[int]
     truncated: list[bool]
-    probabilities: list[dict[str, float]] | None = None
+    problems: list[str | None]
+    probabilities: list[dict[str, float] | None] | None = None
 
 
 class Engine(ABC):
@@ -120,41 +124,68 @@ class Engine(ABC):
         """
         started = time.perf_counter()
         texts, tokens = self._answer(prompts, grammars, on_batch)
-        return Generation(texts, time.perf_counter() - started, tokens, [len(p) for p in prompts], [False] * len(prompts))
+        return Generation(texts, time.perf_counter() - started, tokens, [len(p) for p in prompts], [False] * len(prompts),
+                          [None] * len(prompts))
 
     def generate(self, records: Sequence[Record], on_batch: OnBatch | None = None, shots: Sequence[Record] = (),
                  budget: int | None = None) -> Generation:
         """Answers for the records, prompted with the task's messages (after `shots` solved examples if given).
 
         `budget` is the prompt's length limit in tokens (default model.max_length); inputs are shortened to fit it.
+        A record whose prompt cannot fit, or whose shown input is too long to ground, gets a problem, not an answer.
         """
         if self.task.scores_choices:
             return self.score_candidates(records, on_batch, shots, budget)
         started = time.perf_counter()
-        prompts, truncated = prompts_for(self.tokenizer, self.task, records, self.config, shots, budget)
-        grammars = [self.grammar(record) for record in records]
-        texts, tokens = self._answer(prompts, None if all(g is None for g in grammars) else grammars, on_batch)
-        return Generation(texts, time.perf_counter() - started, tokens, [len(p) for p in prompts], truncated)
+        shown = shown_prompts(self.tokenizer, self.task, records, self.config, shots, budget)
+        outcomes = [self._grammar_of(s) for s in shown]
+        problems = [problem for _, problem in outcomes]
+        asked = [i for i, problem in enumerate(problems) if problem is None]
+        grammars = [outcomes[i][0] for i in asked]
+        answers, tokens = self._answer([shown[i].ids for i in asked],
+                                       grammars if any(g is not None for g in grammars) else None,
+                                       on_batch) if asked else ([], 0)
+        texts = [""] * len(records)
+        for i, answer in zip(asked, answers):
+            texts[i] = answer
+        return Generation(texts, time.perf_counter() - started, tokens, [len(s.ids) for s in shown],
+                          [s.truncated for s in shown], problems)
+
+    def _grammar_of(self, shown: Shown) -> tuple[Any | None, str | None]:
+        """The grammar of the record as shown, or why the record cannot be answered (its input cannot be shown,
+        or is too long to ground)."""
+        if shown.problem is not None:
+            return None, f"{shown.record.where}: {shown.problem}"
+        try:
+            return self.grammar(shown.record), None
+        except InputError as exc:
+            return None, f"{shown.record.where}: {exc}"
 
     def score_candidates(self, records: Sequence[Record], on_batch: OnBatch | None = None, shots: Sequence[Record] = (),
                          budget: int | None = None) -> Generation:
         """Each record's answer chosen among `task.choices(record)` by scoring, with the probability of each choice.
 
         The prompts are those `generate` builds (after `shots`, within `budget`); nothing is generated (new_tokens 0).
-        Raises ValueError naming the record when it has no choices.
+        A record that cannot be shown, or has no choices, gets a problem instead of an answer.
         """
         started = time.perf_counter()
-        prompts, truncated = prompts_for(self.tokenizer, self.task, records, self.config, shots, budget)
-        choices = [self.task.choices(record) for record in records]
-        for record, labels in zip(records, choices):
-            if not labels:
-                raise ValueError(f"{record.where}: no candidate labels to choose from")
-        flat = answer_ids(self.tokenizer, self.task, [replace(r, output=c) for r, labels in zip(records, choices)
-                                                      for c in labels])
-        log_probs = self._score(prompts, split_by(flat, [len(labels) for labels in choices]), on_batch)
-        probabilities = [dict(zip(labels, _softmax(scores))) for labels, scores in zip(choices, log_probs)]
-        texts = [max(p, key=p.__getitem__) for p in probabilities]
-        return Generation(texts, time.perf_counter() - started, 0, [len(p) for p in prompts], truncated, probabilities)
+        shown = shown_prompts(self.tokenizer, self.task, records, self.config, shots, budget)
+        choices = [self.task.choices(s.record) if s.problem is None else [] for s in shown]
+        problems = [f"{s.record.where}: {s.problem}" if s.problem is not None
+                    else None if labels else f"{s.record.where}: no candidate labels to choose from"
+                    for s, labels in zip(shown, choices)]
+        asked = [i for i, problem in enumerate(problems) if problem is None]
+        flat = answer_ids(self.tokenizer, self.task, [replace(shown[i].record, output=label)
+                                                      for i in asked for label in choices[i]])
+        log_probs = self._score([shown[i].ids for i in asked], split_by(flat, [len(choices[i]) for i in asked]),
+                                on_batch) if asked else []
+        texts: list[str] = [""] * len(records)
+        probabilities: list[dict[str, float] | None] = [None] * len(records)
+        for i, scores in zip(asked, log_probs):
+            probabilities[i] = dict(zip(choices[i], _softmax(scores)))
+            texts[i] = max(probabilities[i], key=probabilities[i].__getitem__)
+        return Generation(texts, time.perf_counter() - started, 0, [len(s.ids) for s in shown],
+                          [s.truncated for s in shown], problems, probabilities)
 
 
 def split_by(flat: Sequence[Any], sizes: Sequence[int]) -> list[list[Any]]:

@@ -55,9 +55,10 @@ def predict_file(
             records = todo[start : start + chunk]
             generation = engine.generate(records, on_batch)
             parsed = engine.task.parse_all(generation.texts, records, generation.probabilities)
-            for record, text, answer, cut in zip(records, generation.texts, parsed, generation.truncated):
-                row = {"id": record.id, "answer": text, "result": answer.value, "error": answer.error,
-                       "input_shortened": cut}
+            for record, text, answer, cut, problem in zip(records, generation.texts, parsed, generation.truncated,
+                                                          generation.problems):
+                row = {"id": record.id, "answer": None if problem else text, "result": None if problem else answer.value,
+                       "error": problem or answer.error, "input_shortened": cut}
                 if answer.probabilities is not None:
                     row["scores"] = answer.probabilities
                 handle.write(json_line(row))

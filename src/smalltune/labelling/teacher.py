@@ -1,13 +1,15 @@
 """The teacher: any OpenAI-compatible chat endpoint, asked with pacing, retries and a JSON-mode fallback.
 
 Requests are paced (teacher.requests_per_minute), retried with exponential backoff after 429, 5xx,
-timeouts and lost connections (a Retry-After header is honoured), and asked in the strictest JSON mode
-the endpoint accepts (json_schema, then json_object, then none). Tokens and cost are tallied as answers come.
+timeouts, lost connections and responses that are no chat completion (an HTML page with status 200, JSON
+cut off, no `choices`; a Retry-After header is honoured), and asked in the strictest JSON mode the endpoint
+accepts (json_schema, then json_object, then none). Tokens and cost are tallied as answers come.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -95,8 +97,30 @@ class _Pacer:
             await asyncio.sleep(start - now)
 
 
+class BadResponse(Exception):
+    """The endpoint answered, but not with a chat completion; the message says what came instead."""
+
+
+def _answer_text(response: Any) -> str:
+    """The text of a chat completion's first choice; BadResponse when the response is none."""
+    if isinstance(response, str):  # the client hands back a body that is not JSON as text
+        raise BadResponse(f"text instead of JSON: {response[:80]!r}")
+    choices = getattr(response, "choices", None)
+    if not choices:
+        raise BadResponse("a JSON object without 'choices'")
+    message = getattr(choices[0], "message", None)
+    if message is None:
+        raise BadResponse("a choice without a 'message'")
+    content = getattr(message, "content", None)
+    if content is not None and not isinstance(content, str):
+        raise BadResponse(f"a message whose 'content' is {type(content).__name__}, not text")
+    return content or ""
+
+
 def _retry_reason(exc: Exception) -> str | None:
-    """Why a failed request is worth repeating ("429", "503", "timeout", "connection"), or None."""
+    """Why a failed request is worth repeating ("429", "503", "timeout", "connection", "bad response"), or None."""
+    if isinstance(exc, BadResponse):
+        return "bad response"
     if isinstance(exc, openai.APITimeoutError):
         return "timeout"
     if isinstance(exc, openai.APIConnectionError):
@@ -138,7 +162,8 @@ class Teacher:
     async def ask(self, messages: list[dict[str, str]]) -> str | None:
         """The answer text, or None when every retry failed.
 
-        Raises Refused when the endpoint refuses this one request, TeacherError when it is unusable.
+        Raises Refused when the endpoint refuses this one request (or never answers it with a chat completion),
+        TeacherError when it is unusable.
         """
         failures = 0
         while True:
@@ -149,12 +174,15 @@ class Teacher:
                 response = await self.client.chat.completions.create(
                     model=self.settings.model, messages=messages, temperature=self.settings.temperature,
                     max_tokens=self.settings.max_tokens, response_format=self._response_format(level))
-            except openai.APIError as exc:
+                text = _answer_text(response)
+            except (openai.APIError, BadResponse) as exc:
                 error = exc
+            except json.JSONDecodeError as exc:
+                error = BadResponse(f"JSON cut off or invalid ({exc.msg} at character {exc.pos})")
             else:
                 self.answered += 1
                 self._count(response.usage)
-                return response.choices[0].message.content or ""
+                return text
             reason = _retry_reason(error)
             if reason is None:
                 self._refused(error, level)
@@ -162,9 +190,12 @@ class Teacher:
             self.tally.retries[reason] += 1
             failures += 1
             if failures > self.settings.max_retries:
+                last = f"{reason}: {error}" if isinstance(error, BadResponse) else reason
                 if not self.answered:
-                    raise TeacherError(f"no answer from {self.settings.base_url} after {failures} tries (last: {reason}); "
-                                       "check teacher.base_url and that the server is up")
+                    raise TeacherError(f"no answer from {self.settings.base_url} after {failures} tries (last: {last}); "
+                                       "check teacher.base_url (up to /v1) and that the server is up")
+                if isinstance(error, BadResponse):
+                    raise Refused(f"the teacher answered no chat completion after {failures} tries: {error}")
                 return None
             delay = _retry_after(error) or self.settings.backoff * 2 ** (failures - 1)
             await asyncio.sleep(min(delay, self.settings.max_backoff) * random.uniform(0.8, 1.0))

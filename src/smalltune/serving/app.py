@@ -13,6 +13,8 @@ Endpoints:
 
 Every request waits in one bounded queue; a full queue answers 429 at once. On shutdown (Ctrl-C,
 SIGTERM) the server stops accepting connections and answers every request it has accepted before it exits.
+An input the model cannot be shown (or ground) is answered 400; a failure inside the server 500 with a
+request id, its details only in the server's log.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import asyncio
 import logging
 import os
 import time
-import uuid
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -37,7 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smalltune.data.formats import Messages
 from smalltune.data.records import Record, RecordProblem
-from smalltune.errors import SmalltuneError, validation_problems
+from smalltune.errors import InputError, SmalltuneError, validation_problems
 from smalltune.inference.engine import Engine, load_engine
 from smalltune.registry import KINDS
 from smalltune.serving.batcher import Answer, ClientGone, MicroBatcher, QueueFull
@@ -120,8 +122,17 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status, headers=headers)
 
 
+def _internal_error(exc: BaseException) -> HTTPException:
+    """A 500 that names a request id and nothing of the failure, which is logged under that id."""
+    request_id = uuid.uuid4().hex[:12]
+    log.error("request %s failed", request_id, exc_info=exc)
+    return HTTPException(500, f"internal error while answering (request id {request_id}; the server log has the "
+                              "details)", headers={"X-Request-Id": request_id})
+
+
 def _add_error_handlers(app: FastAPI) -> None:
-    """HTTP errors and invalid bodies answered in OpenAI's error shape (invalid bodies as 400)."""
+    """HTTP errors and invalid bodies answered in OpenAI's error shape (invalid bodies as 400), any other failure
+    as a generic 500."""
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -131,14 +142,20 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(400, f"invalid request: {'; '.join(validation_problems(exc.errors()))}")
 
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:
+        return await http_error(request, _internal_error(exc))
+
 
 def _key_check(key: str | None) -> Callable[..., Awaitable[None]]:
-    """A dependency that answers 401 unless the request carries `Authorization: Bearer <key>`."""
+    """A dependency that answers 401 unless the request carries `Authorization: Bearer <key>` (the scheme in any
+    case, RFC 7235)."""
 
     async def check(authorization: str | None = Header(None)) -> None:
         if key is None:
             return
-        if not secrets.compare_digest((authorization or "").encode(), f"Bearer {key}".encode()):
+        scheme, _, credentials = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(credentials.strip().encode(), key.encode()):
             raise HTTPException(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
                                 headers={"WWW-Authenticate": "Bearer"})
 
@@ -156,10 +173,10 @@ def _queued(batcher: MicroBatcher) -> Answerer:
                                 headers={"Retry-After": "1"}) from None
         except ClientGone:
             raise HTTPException(499, "the client closed the request before its turn") from None
-        except ValueError as exc:  # the prompt cannot fit model.max_length
-            raise HTTPException(400, str(exc)) from exc
+        except InputError as exc:  # the prompt cannot fit model.max_length, or is too long to ground
+            raise HTTPException(400, str(exc)) from None
         except Exception as exc:
-            raise HTTPException(500, f"the model failed on this request: {exc}") from exc
+            raise _internal_error(exc) from None
 
     return answer
 

@@ -3,7 +3,8 @@
 A single worker takes up to `infer.batch_size` waiting requests (after a few milliseconds for more to
 arrive) and answers them with one engine call in one worker thread, so the engine never runs in two
 threads at once. A full queue refuses at once (`QueueFull`); a request whose client left before its turn
-is skipped, never computed.
+is skipped, never computed; a request the engine cannot answer as given (`Generation.problems`) fails
+alone with an `InputError`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from smalltune.data.records import Record
+from smalltune.errors import InputError
 from smalltune.inference.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -137,8 +139,9 @@ class MicroBatcher:
         try:
             generation = self.engine.generate(records)
             scored = generation.probabilities or [None] * len(records)
-            return [Answer(text, tokens, cut, probabilities) for text, tokens, cut, probabilities
-                    in zip(generation.texts, generation.prompt_tokens, generation.truncated, scored)]
+            return [InputError(problem) if problem else Answer(text, tokens, cut, probabilities)
+                    for text, tokens, cut, problem, probabilities in zip(generation.texts, generation.prompt_tokens,
+                                                                         generation.truncated, generation.problems, scored)]
         except Exception as exc:
             if len(records) == 1:
                 log.warning("the engine failed on a request: %s", exc)

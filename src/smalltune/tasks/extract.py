@@ -74,6 +74,8 @@ fields:                          # extract: field name -> description (extractiv
             value, _ = json.JSONDecoder().raw_decode(text[start:])
         except json.JSONDecodeError as exc:
             return Parsed(None, f"invalid JSON: {exc.msg}")
+        except RecursionError:
+            return Parsed(None, "invalid JSON: nested too deeply")
         if not isinstance(value, dict):
             return Parsed(None, "the JSON is not an object")
         return Parsed(value)

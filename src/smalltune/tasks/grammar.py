@@ -4,20 +4,38 @@ The task kinds build each record's grammar from these (`TaskKind.grammar`); the 
 (xgrammar in `inference.constrain`, vLLM's structured outputs). A grammar spells exactly what
 `TaskKind.answer` writes for training, so the constraint never pushes the model away from the form it learned.
 With grounding, an extractive value is spelled through a suffix automaton of the input text: at most 2n
-states for n characters, so any substring, and only substrings, can be written.
+states for n characters, so any substring, and only substrings, can be written. The engines ground on the
+input as the model is shown it (shortened to fit model.max_length), and at most `MAX_GROUNDED_CHARS` of it.
 """
 
 from __future__ import annotations
 
 import json
+import re
+
+from smalltune.errors import InputError
+
+MAX_GROUNDED_CHARS = 16_000
+"""The longest text a grounded grammar copies from: about 4,096 tokens of English (6,000 of Chinese text fit
+4,096 tokens). Past it the grammar's size and compile time would be the request's to choose."""
 
 _JSON_STRING = r'''"\"" char* "\""
 char ::= [^"\\\x00-\x1f] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'''
 
 
+_ESCAPED = re.compile(r'["\\\x00-\x1f\x7f-\x9f]')
+"""What an EBNF literal cannot hold as itself: quotes, backslashes, control characters (a raw newline or NUL
+ends the literal)."""
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match[0]
+    return "\\" + char if char in '"\\' else f"\\u{ord(char):04x}"
+
+
 def ebnf_literal(text: str) -> str:
-    """`text` as an EBNF string literal."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """`text` as an EBNF string literal: quotes and backslashes escaped, control characters as \\uXXXX."""
+    return '"' + _ESCAPED.sub(_escape, text) + '"'
 
 
 def _json_escaped(char: str) -> str:
@@ -59,7 +77,14 @@ def substring_automaton(text: str) -> list[dict[str, int]]:
 
 
 def substring_rules(text: str, prefix: str) -> str:
-    """EBNF rules `<prefix>0 ...` matching any substring of `text`, JSON-escaped (the empty one included)."""
+    """EBNF rules `<prefix>0 ...` matching any substring of `text`, JSON-escaped (the empty one included).
+
+    Raises InputError when `text` is longer than MAX_GROUNDED_CHARS.
+    """
+    if len(text) > MAX_GROUNDED_CHARS:
+        raise InputError(f"the input as shown is {len(text):,} characters, more than the {MAX_GROUNDED_CHARS:,} "
+                         "grounded decoding copies from: send a shorter input, lower model.max_length, "
+                         "or set infer.grounded: false")
     rules = []
     for state, moves in enumerate(substring_automaton(text)):
         options = [f"{ebnf_literal(_json_escaped(c))} {prefix}{target}" for c, target in moves.items()]
@@ -82,5 +107,7 @@ def extract_grammar(fields: dict[str, bool], text: str | None) -> str:
 
 
 def choice_grammar(labels: list[str]) -> str:
-    """EBNF of exactly one of the labels."""
+    """EBNF of exactly one of the labels; InputError when there are none."""
+    if not labels:
+        raise InputError("no labels to choose from: give the record its 'candidates' or the task 'labels'")
     return "root ::= " + " | ".join(ebnf_literal(label) for label in labels)
