@@ -226,9 +226,12 @@ def _clear_previous_run(run: RunDir) -> None:
 def last_checkpoint(run: RunDir) -> Path | None:
     """The run's newest whole checkpoint. The trainer state is saved last, so a checkpoint without one was cut
     short by a kill (its weights or optimizer may be missing) and is passed over."""
-    whole = [path for path in run.checkpoints.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-             if path.name.rsplit("-", 1)[1].isdigit() and (path / TRAINER_STATE_NAME).is_file()]
-    return max(whole, key=lambda path: int(path.name.rsplit("-", 1)[1]), default=None)
+    whole: dict[int, Path] = {}
+    for path in run.checkpoints.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+        if step.isdigit() and (path / TRAINER_STATE_NAME).is_file():
+            whole[int(step)] = path
+    return whole[max(whole)] if whole else None
 
 
 def train(config: TaskConfig, resume: bool = False) -> Path:

@@ -1,4 +1,5 @@
-"""The trainer: TRL's SFTTrainer with a loss computed at answer positions only, and LoRA inputs left in bf16."""
+"""The trainer: TRL's SFTTrainer with a loss computed at answer positions only, LoRA inputs left in bf16, and a
+length-grouped batch order that a resumed run repeats."""
 
 from __future__ import annotations
 
