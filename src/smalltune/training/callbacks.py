@@ -17,7 +17,7 @@ from smalltune.config import TaskConfig
 from smalltune.data.records import Record
 from smalltune.errors import ConfigError
 from smalltune.inference.transformers_engine import TransformersEngine
-from smalltune.io import json_line
+from smalltune.io import atomic_write_jsonl, json_line, read_appended
 from smalltune.runs import RunDir
 
 
@@ -32,10 +32,22 @@ def tracker_callbacks(config: TaskConfig, run: RunDir) -> list[TrainerCallback]:
 
 
 class JsonLog(TrainerCallback):
-    """Appends every trainer log line (loss, lr, grad norm, eval) to run_dir/train_log.jsonl as it happens."""
+    """Appends every trainer log line (loss, lr, grad norm, eval) to run_dir/train_log.jsonl as it happens.
+
+    A run resumed from a checkpoint first drops the lines a killed run logged after that checkpoint: it logs
+    those steps again.
+    """
 
     def __init__(self, path: Path):
         self.path = path
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        rows = read_appended(self.path)
+        kept = [row for row in rows if row["step"] <= state.global_step]
+        if len(kept) < len(rows):
+            atomic_write_jsonl(self.path, kept)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from peft import LoraConfig
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer
 
 from smalltune.config import TaskConfig, save_config
@@ -221,18 +223,29 @@ def _clear_previous_run(run: RunDir) -> None:
             path.unlink()
 
 
+def last_checkpoint(run: RunDir) -> Path | None:
+    """The run's newest whole checkpoint. The trainer state is saved last, so a checkpoint without one was cut
+    short by a kill (its weights or optimizer may be missing) and is passed over."""
+    whole: dict[int, Path] = {}
+    for path in run.checkpoints.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+        if step.isdigit() and (path / TRAINER_STATE_NAME).is_file():
+            whole[int(step)] = path
+    return whole[max(whole)] if whole else None
+
+
 def train(config: TaskConfig, resume: bool = False) -> Path:
     """Fine-tune the task's model with LoRA; returns the run directory.
 
-    With `resume` it continues from the run directory's last checkpoint; without, an earlier run's checkpoints
-    and log there are replaced.
+    With `resume` it continues from the run directory's last whole checkpoint (`last_checkpoint`); without, an
+    earlier run's checkpoints and log there are replaced.
     """
     run = RunDir.of(config)
     if not resume and is_main_process():
         _clear_previous_run(run)
     trainer = build_trainer(config)
-    checkpoints = list(run.checkpoints.glob("checkpoint-*"))
+    checkpoint = last_checkpoint(run) if resume else None
     started = time.time()
-    trainer.train(resume_from_checkpoint=bool(resume and checkpoints))
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     save_run(trainer, run, time.time() - started)
     return run.path

@@ -1,9 +1,11 @@
-"""The trainer: TRL's SFTTrainer with a loss computed at answer positions only, and LoRA inputs left in bf16."""
+"""The trainer: TRL's SFTTrainer with a loss computed at answer positions only, LoRA inputs left in bf16, and a
+length-grouped batch order that a resumed run repeats."""
 
 from __future__ import annotations
 
 import torch
 from peft.helpers import disable_input_dtype_casting
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import is_triton_available
 from trl import SFTTrainer
 
@@ -34,6 +36,27 @@ def _trl_head_is_labelled_only(device: torch.device) -> bool:
     return device.type in ("cuda", "xpu") and is_triton_available()
 
 
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped batches (train.group_by_length) in an order drawn from the data seed and the epoch alone.
+
+    transformers' own sampler draws the order from the global RNG as the epoch starts, a state that a run resumed
+    in the middle of a later epoch does not have: it would skip the wrong batches, training some examples twice in
+    that epoch and others not at all.
+    """
+
+    def __init__(self, sampler: LengthGroupedSampler, seed: int):
+        super().__init__(sampler.batch_size, lengths=sampler.lengths)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
 class SmalltuneTrainer(SFTTrainer):
     """TRL's SFTTrainer with a loss that builds logits only at labelled positions (train.logits: labelled).
 
@@ -54,6 +77,13 @@ class SmalltuneTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
         self.labelled_logits = labelled_logits
         self.uncast_lora_inputs = uncast_lora_inputs
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            seed = self.args.seed if self.args.data_seed is None else self.args.data_seed
+            return EpochSeededLengthGroupedSampler(sampler, seed)
+        return sampler
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         with disable_input_dtype_casting(model, active=self.uncast_lora_inputs):
