@@ -31,6 +31,9 @@ def tracker_callbacks(config: TaskConfig, run: RunDir) -> list[TrainerCallback]:
     return _swanlab(config, run.swanlab, cloud=choice == "swanlab-cloud")
 
 
+LOG_KEYS = ("step", "time")  # every line of train_log.jsonl starts with these
+
+
 class JsonLog(TrainerCallback):
     """Appends every trainer log line (loss, lr, grad norm, eval) to run_dir/train_log.jsonl as it happens.
 
@@ -44,7 +47,7 @@ class JsonLog(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        rows = read_appended(self.path)
+        rows = read_appended(self.path, LOG_KEYS)
         kept = [row for row in rows if row["step"] <= state.global_step]
         if len(kept) < len(rows):
             atomic_write_jsonl(self.path, kept)
