@@ -1,7 +1,7 @@
 """Messages to tokens with the model's own chat template.
 
 One rendering (`render_prompt`) and one shortening rule build every prompt, for training and inference
-alike: `prompt_ids` for one record, `shown_prompts` (or `prompts_for`) for many. Training examples are
+alike: `prompt_ids` for one record, `shown_prompts` for many. Training examples are
 prompt + answer + end-of-turn, with labels on the answer and end-of-turn only. When an example is too long,
 the record's input is shortened; the answer never is. Many records are tokenised in one call (the fast
 tokenizer's batch).
@@ -179,21 +179,6 @@ def shown_prompts(
         except ValueError as exc:
             shown.append(Shown([], record, True, f"{exc} (raise model.max_length)"))
     return shown
-
-
-def prompts_for(
-    tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: Sequence[Record], config: TaskConfig,
-    shots: Sequence[Record] = (), budget: int | None = None,
-) -> tuple[list[list[int]], list[bool]]:
-    """Prompt ids of many records within `budget` tokens (`shown_prompts`), and which inputs were shortened.
-
-    Raises ValueError when a prompt does not fit even with an empty input.
-    """
-    shown = shown_prompts(tokenizer, task, records, config, shots, budget)
-    problem = next((s.problem for s in shown if s.problem), None)
-    if problem:
-        raise ValueError(problem)
-    return [s.ids for s in shown], [s.truncated for s in shown]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The vLLM engine: the same answers as the transformers engine, from vLLM's continuous batching.
 
 An `Engine` like the others (`inference.engine`), it keeps the same promises: vLLM is fed the token ids of
-`formatting.prompts_for` (the prompts training used), the task kind's EBNF grammars (through vLLM's
+`formatting.shown_prompts` (the prompts training used), the task kind's EBNF grammars (through vLLM's
 structured outputs, xgrammar backend), greedy decoding that stops at the template's end-of-turn token,
 and the run's LoRA adapter served beside the base model, never merged into it. It does not answer by scoring
 candidates (a classify task needs infer.classify: generate here): vLLM's prompt log-probabilities would score
