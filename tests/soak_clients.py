@@ -1,7 +1,7 @@
 """The clients of the serve soak (tests/test_serve_soak.py), run as a process of their own so that their
 memory and threads are not the server's: `python soak_clients.py URL CLIENTS PHASE_S MAX_BODY TEXT`.
 
-CLIENTS threads send short /v1/extract requests one after another (after a 429, again 0.1 s later). After
+CLIENTS threads send short /v1/extract requests one after another (after a 429, again 0.5 s later). After
 PHASE_S seconds one more client sends the maximal request, a body just under MAX_BODY bytes, retrying after
 429s like any client; one second after it is answered everyone stops. Prints one JSON object: every short
 request's start, end and status, and the maximal request's start (of the attempt that got in), end, status,
@@ -36,7 +36,7 @@ def hammer(url: str, text: str, stop: threading.Event, client_id: int) -> list[t
             status = client.post(f"{url}/v1/extract", json={"text": f"{text}（{client_id}-{len(sent)}）"}).status_code
             sent.append((started, time.monotonic(), status))
             if status == 429:
-                time.sleep(0.1)
+                time.sleep(0.5)
     return sent
 
 

@@ -23,7 +23,7 @@ import pytest
 from test_serve import COMPLAINT, running
 
 from conftest import make_run_dir
-from smalltune.inference.transformers_engine import TransformersEngine as Engine
+from smalltune.inference.engine import load_engine
 from smalltune.serving.app import ServeSettings, create_app
 
 CLIENTS, MAX_QUEUE, PHASE_S = 16, 4, 4.0
@@ -70,9 +70,9 @@ def latencies(sent: list[list]) -> dict[str, float]:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the server's memory from /proc")
 def test_serve_under_a_full_queue_with_a_maximal_request_mixed_in(tmp_path, tiny_qwen3_dir):
-    run_dir = make_run_dir(tmp_path, tiny_qwen3_dir, "extract", infer={"batch_size": 4, "max_new_tokens": 8})
+    run_dir = make_run_dir(tmp_path, tiny_qwen3_dir, "extract", infer={"batch_size": 4, "max_new_tokens": 4})
     settings = ServeSettings(max_queue=MAX_QUEUE, max_body_bytes=MAX_BODY)
-    with running(create_app(Engine.from_run(run_dir), settings)) as url:
+    with running(create_app(load_engine(run_dir), settings)) as url:  # the engine `serve` loads: adapter merged
         assert httpx2.post(f"{url}/v1/extract", json={"text": COMPLAINT}, timeout=60).status_code == 200  # warm
         with PeakMemory() as memory:
             clients = subprocess.run([sys.executable, str(CLIENT_SCRIPT), url, str(CLIENTS), str(PHASE_S),

@@ -3,7 +3,8 @@ compiled by xgrammar against the tokenizer, and applied to `generate` as a logit
 
 Compilation is dynamic: a grammar's token masks are built when decoding first reaches a state, not for every
 state up front. A grounded grammar has two states per character of the input, of which an answer visits a few
-dozen, so its compile time grows linearly with the input (0.14 s for 6,000 characters, against 4 s eagerly).
+dozen: for the 13,000 characters of English that fill 4,096 tokens it compiles in 0.14 s and 6 MB, against 8 s
+and 600 MB eagerly.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Every engine gets its prompts from `formatting.shown_prompts` (the rendering and shortening training used)
 and its answer grammars from the task kind, built from each record as shown (its input shortened to fit, so
 a grounded value can only copy text the model saw), decodes greedily and stops at the template's end-of-turn
-token. A record that cannot be shown or grounded is not answered: its `Generation.problems` entry says why. An
-engine implements only how to answer ready prompt ids (`_answer`), how to switch the adapter off (`untuned`) and
+token. A record that cannot be shown or grounded is not answered: its `Generation.problems` entry says why.
+An engine implements only how to answer ready prompt ids (`_answer`), how to switch the adapter off (`untuned`) and
 how to fold it in (`merged`), and, to answer by scoring, how to score candidate answers after their prompts
 (`_score`). `predict`, `eval`, `serve` and the CLI all build theirs with `load_engine`, so each of them runs on
 every engine in `smalltune.registry.ENGINES`.
