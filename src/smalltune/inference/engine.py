@@ -92,9 +92,10 @@ class Engine(ABC):
 
     # ---- what an engine implements ---------------------------------------------------------------
 
-    @abstractmethod
     def grammar(self, record: Record) -> Any | None:
-        """The engine's form of the record's answer grammar (`TaskKind.grammar`); None when decoding is free."""
+        """The engine's form of the record's answer grammar; here the EBNF of `TaskKind.grammar` (an engine that
+        compiles grammars itself overrides this), None when decoding is free (infer.constrained off, or chat)."""
+        return self.task.grammar(record, self.config.infer.grounded) if self.constrained else None
 
     @abstractmethod
     def _answer(self, prompts: list[list[int]], grammars: list | None, on_batch: OnBatch | None) -> tuple[list[str], int]:
@@ -155,7 +156,7 @@ class Engine(ABC):
         """The grammar of the record as shown, or why the record cannot be answered (its input cannot be shown,
         or is too long to ground)."""
         if shown.problem is not None:
-            return None, f"{shown.record.where}: {shown.problem}"
+            return None, _not_shown(shown)
         try:
             return self.grammar(shown.record), None
         except InputError as exc:
@@ -171,7 +172,7 @@ class Engine(ABC):
         started = time.perf_counter()
         shown = shown_prompts(self.tokenizer, self.task, records, self.config, shots, budget)
         choices = [self.task.choices(s.record) if s.problem is None else [] for s in shown]
-        problems = [f"{s.record.where}: {s.problem}" if s.problem is not None
+        problems = [_not_shown(s) if s.problem is not None
                     else None if labels else f"{s.record.where}: no candidate labels to choose from"
                     for s, labels in zip(shown, choices)]
         asked = [i for i, problem in enumerate(problems) if problem is None]
@@ -186,6 +187,11 @@ class Engine(ABC):
             texts[i] = max(probabilities[i], key=probabilities[i].__getitem__)
         return Generation(texts, time.perf_counter() - started, 0, [len(s.ids) for s in shown],
                           [s.truncated for s in shown], problems, probabilities)
+
+
+def _not_shown(shown: Shown) -> str:
+    """Why a record that cannot be shown gets no answer, naming where it is."""
+    return f"{shown.record.where}: {shown.problem}"
 
 
 def split_by(flat: Sequence[Any], sizes: Sequence[int]) -> list[list[Any]]:

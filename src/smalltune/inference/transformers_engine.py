@@ -62,7 +62,7 @@ class TransformersEngine(Engine):
 
     def grammar(self, record: Record) -> CompiledGrammar | None:
         """The compiled grammar this record's answer follows, or None when decoding is free."""
-        ebnf = self.task.grammar(record, self.config.infer.grounded) if self.constrained else None
+        ebnf = super().grammar(record)
         if ebnf is None:
             return None
         if self._grammars is None:

@@ -29,7 +29,6 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from smalltune.config import TaskConfig
-from smalltune.data.records import Record
 from smalltune.errors import ConfigError, ModelError
 from smalltune.inference.engine import Engine, OnBatch
 from smalltune.models import choose_dtype
@@ -160,10 +159,6 @@ class VllmEngine(Engine):
             yield
         finally:
             self._active = self._adapter
-
-    def grammar(self, record: Record) -> str | None:
-        """The EBNF grammar this record's answer follows (vLLM compiles it with xgrammar); None when free."""
-        return self.task.grammar(record, self.config.infer.grounded) if self.constrained else None
 
     def _answer(self, prompts: list[list[int]], grammars: list | None, on_batch: OnBatch | None) -> tuple[list[str], int]:
         """All prompts go to vLLM at once: its scheduler batches them as memory allows."""
