@@ -19,12 +19,12 @@ from smalltune.tasks import build_task
 TEXT = '【署名：赵娜】所在地址 四川省婷市兴山李路Z座；电邮："yong\\kong"@yahoo.com\n电梯年检合格证已经过期了。'
 
 
-def _walk(automaton: list[dict[str, int]], text: str) -> bool:
+def _walk(automaton, text: str) -> bool:
     state = 0
     for char in text:
-        if char not in automaton[state]:
+        if char not in automaton.transitions[state]:
             return False
-        state = automaton[state][char]
+        state = automaton.transitions[state][char]
     return True
 
 
@@ -34,7 +34,7 @@ def test_substring_automaton_accepts_exactly_the_substrings():
     assert all(_walk(automaton, s) for s in substrings)
     assert not _walk(automaton, "四川省省婷市")  # a copy slip the unconstrained model made
     assert not _walk(automaton, "赵娜娜")
-    assert len(automaton) <= 2 * len(TEXT)
+    assert len(automaton.transitions) <= 2 * len(TEXT)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,37 @@ def test_grounded_grammar_takes_the_canonical_answer_and_refuses_invented_text(c
     assert not _accepts(compiler, grammar, qwen_tokenizer, json.dumps(reordered, ensure_ascii=False))
     free = extract_grammar({**fields, "question": False}, TEXT)  # a field that is not copied from the text
     assert _accepts(compiler, free, qwen_tokenizer, json.dumps({**good, "question": "电梯证过期"}, ensure_ascii=False))
+
+
+SITU = "投诉人 司徒静 | 地址 广东省广州市天河区珠江新城花城大道85号 | 邮箱 situ.jing@qq.com | 内容 健身房突然关门跑路。"
+
+
+def _allowed_next(compiler, tokenizer, ebnf: str, prefix_ids: list[int]) -> set[str]:
+    matcher = xgr.GrammarMatcher(compiler.compile_grammar(ebnf))
+    assert all(matcher.accept_token(i) for i in prefix_ids)
+    mask = xgr.allocate_token_bitmask(1, 151936)
+    matcher.fill_next_token_bitmask(mask)
+    bits = mask[0]
+    return {tokenizer.decode([t]) for t in range(len(tokenizer)) if (int(bits[t // 32]) >> (t % 32)) & 1}
+
+
+def test_a_grounded_value_cannot_close_inside_a_word_after_an_uncanonical_token(compiler, qwen_tokenizer):
+    """The `sit` answer: the email's canonical tokens are `s` + `itu`; a model that writes the single token `sit`
+    could only go on with `u`, and closed the string instead. A value now never ends inside a run of letters or
+    digits, so after `sit` the string must go on; at a boundary (after `situ.jing`, before `@`) it may close."""
+    ebnf = extract_grammar(dict.fromkeys(FIELDS, True), SITU)
+    prefix = json.dumps({"name": "司徒静", "address": "广东省广州市天河区珠江新城花城大道85号"}, ensure_ascii=False)[:-1]
+    prefix_ids = qwen_tokenizer(prefix + ', "email": "', add_special_tokens=False)["input_ids"]
+    assert qwen_tokenizer.convert_ids_to_tokens(prefix_ids[-1:]) == ['Ġ"']
+    sit = qwen_tokenizer.convert_tokens_to_ids("sit")
+    after_sit = _allowed_next(compiler, qwen_tokenizer, ebnf, prefix_ids + [sit])
+    assert "u" in after_sit and not {'"', '",'} & after_sit
+    at_boundary = _allowed_next(compiler, qwen_tokenizer, ebnf, prefix_ids + qwen_tokenizer("situ.jing", add_special_tokens=False)["input_ids"])
+    assert {'"', "@"} <= at_boundary
+    right = {"name": "司徒静", "address": "广东省广州市天河区珠江新城花城大道85号", "email": "situ.jing@qq.com", "question": "健身房突然关门跑路。"}
+    assert _accepts(compiler, ebnf, qwen_tokenizer, json.dumps(right, ensure_ascii=False))
+    assert not _accepts(compiler, ebnf, qwen_tokenizer, json.dumps({**right, "email": "sit"}, ensure_ascii=False))
+    assert _accepts(compiler, ebnf, qwen_tokenizer, json.dumps({**right, "address": "广东省广州市"}, ensure_ascii=False))
 
 
 def _config(tmp_path, model_dir, **settings) -> TaskConfig:

@@ -91,7 +91,7 @@ def test_every_headline_metric_gets_an_interval_around_its_value():
 
 def test_complaint_rules_find_email_name_address_and_the_question_sentence():
     text = "您好！我叫王芳，住在浙江省杭州市西湖区文三路12号。联系电话13800000000。家里宽带每天晚上都断网！邮箱wf@163.com"
-    gold = {"name": "王芳", "address": "浙江省杭州市西湖区文三路12号", "email": "wf@163.com", "question": "家里宽带每天晚上都断网"}
+    gold = {"name": "王芳", "address": "浙江省杭州市西湖区文三路12号", "email": "wf@163.com", "question": "家里宽带每天晚上都断网！"}
     result = run_baseline("complaint-rules", config("extract", fields=FIELDS), [], [rec(text, gold)])
     assert json.loads(result.answers[0]) == gold
     assert result.metrics["record_exact"] == 1.0

@@ -20,7 +20,13 @@ from smalltune.data.records import Record
 from smalltune.errors import InputError
 from smalltune.inference.constrain import Grammars
 from smalltune.tasks import build_task
-from smalltune.tasks.grammar import MAX_GROUNDED_CHARS, choice_grammar, extract_grammar, substring_rules
+from smalltune.tasks.grammar import (
+    MAX_GROUNDED_CHARS,
+    choice_grammar,
+    ends_inside_a_word,
+    extract_grammar,
+    substring_rules,
+)
 
 AWKWARD = ['"', "\\", "\x00", "\n", "\r\n", "\t", "\u200f", "\u202e", "\u2028", "\ufeff", "\x7f", "\x85",
            "<|im_end|>", "<|im_start|>system\n", "```json\n", "```", "{", "}", "[", "]", ":", ",", "\\u0000",
@@ -109,17 +115,27 @@ def json_inner(text: str) -> str:
 @GRAMMAR_FUZZ
 @given(text=texts(surrogates=False), data=st.data())
 @example(text='a"b\\c\x00\n<|im_end|>\u200f', data=None)
-def test_the_substring_grammar_takes_every_substring_and_only_substrings(grammars, text, data):
+def test_the_substring_grammar_takes_every_substring_ending_at_a_word_boundary_and_only_those(grammars, text, data):
     ebnf = "root ::= s0\n" + substring_rules(text, "s")
     if data is None:  # the explicit example: every substring, and a few that are not
-        pieces, others = [text[i:j] for i in range(len(text)) for j in range(i, len(text) + 1)], ["x", "\n\n"]
+        spans = [(i, j) for i in range(len(text)) for j in range(i, len(text) + 1)]
+        others = ["x", "\n\n"]
     else:
         i = data.draw(st.integers(0, len(text)))
         j = data.draw(st.integers(i, len(text)))
-        pieces, others = [text[i:j]], [text[i:j] + data.draw(st.sampled_from([*AWKWARD, *text[:8]]))]
-    assert all(accepts(grammars, ebnf, json_inner(piece)) for piece in pieces)
+        spans, others = [(i, j)], [text[i:j] + data.draw(st.sampled_from([*AWKWARD, *text[:8]]))]
+    for i, j in spans:
+        closable = i == j or any(not ends_inside_a_word(text, k + j - i) for k in range(len(text)) if text.startswith(text[i:j], k))
+        assert accepts(grammars, ebnf, json_inner(text[i:j])) == closable, (text, i, j)
     for other in others:
         assert not accepts(grammars, ebnf, json_inner(other)) or other in text
+
+
+def _word_end(text: str, end: int) -> int:
+    """`end`, moved past the rest of the run of letters or digits it would cut."""
+    while ends_inside_a_word(text, end):
+        end += 1
+    return end
 
 
 @GRAMMAR_FUZZ
@@ -127,7 +143,7 @@ def test_the_substring_grammar_takes_every_substring_and_only_substrings(grammar
 def test_a_grounded_answer_the_grammar_takes_parses_and_copies_from_the_text(grammars, text, data):
     ebnf = extract_grammar(dict.fromkeys(FIELDS, True), text)
     spans = [data.draw(st.tuples(st.integers(0, len(text)), st.integers(0, len(text)))) for _ in FIELDS]
-    value = {name: text[min(a, b):max(a, b)] for name, (a, b) in zip(FIELDS, spans)}
+    value = {name: text[min(a, b):_word_end(text, max(a, b))] for name, (a, b) in zip(FIELDS, spans)}
     answer = json.dumps(value, ensure_ascii=False)  # what TaskKind.answer writes for training
     assert accepts(grammars, ebnf, answer)
     parsed = TASKS["extract"].parse(answer, Record("r", "x:1", text, None))

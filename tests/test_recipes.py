@@ -175,3 +175,37 @@ def test_demo_runs_a_recipe_end_to_end_on_a_tiny_model(tmp_path, tiny_qwen3_dir)
     assert "held-out news-classify (3 records)" in result.output
     assert "held-out news-classify, few candidates" in result.output
     assert "published: FewCLUE (Xu et al. 2021, arXiv:2107.07498)" in result.output and "0.564" in result.output
+
+
+def test_complaints_demo_with_seeds_reports_the_spread_and_measures_the_challenge_set(tmp_path, tiny_qwen3_dir):
+    """`smalltune demo --seeds 2`: two trainings on the same data, the untuned model measured once, the hand-written
+    challenge set beside the held-out set, every metric's mean and range over the seeds in seeds.json."""
+    result = CliRunner().invoke(app, ["demo", "--work-dir", str(tmp_path), "--model", str(tiny_qwen3_dir),
+                                      "--train-records", "8", "--test-records", "2", "--seeds", "2"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    spread = json.loads((tmp_path / "seeds.json").read_text(encoding="utf-8"))
+    assert spread["seeds"] == [42, 43]
+    held_out, challenge = spread["results"]["held-out"], spread["results"]["hand-written challenge set"]
+    assert len(held_out["fine-tuned"]["field_exact"]["values"]) == 2
+    assert len(held_out["untuned"]["field_exact"]["values"]) == 1  # it does not depend on the training seed
+    values = challenge["fine-tuned"]["record_exact"]["values"]
+    assert challenge["fine-tuned"]["record_exact"]["mean"] == pytest.approx(sum(values) / 2)
+    assert set(challenge) == {"complaint-rules", "untuned", "untuned 3-shot", "fine-tuned"}
+    for seed in (42, 43):
+        metrics = json.loads((tmp_path / f"seed-{seed}" / "complaints" / "eval-challenge" / "metrics.json").read_text(encoding="utf-8"))
+        assert metrics["test_records"] == 48
+    assert "mean (min-max) over seeds 42, 43" in result.output
+
+
+def test_the_challenge_set_is_hand_labelled_extractively_and_never_trained_on(tmp_path):
+    prepare_recipe("complaints", tmp_path, n_train=20, n_test=5)
+    challenge = [json.loads(line) for line in (tmp_path / "data" / "challenge.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(challenge) >= 40 and len({r["style"] for r in challenge}) >= 10
+    train = {json.loads(line)["input"] for line in (tmp_path / "data" / "train.jsonl").read_text(encoding="utf-8").splitlines()}
+    for record in challenge:
+        assert record["input"] not in train
+        assert list(record["output"]) == ["name", "address", "email", "question"]
+        for field, value in record["output"].items():
+            assert value and record["input"].count(value) == 1, (record["id"], field)
+    assert (REPO / "examples" / "complaints" / "challenge.jsonl").resolve().read_text(encoding="utf-8") == \
+        (tmp_path / "data" / "challenge.jsonl").read_text(encoding="utf-8")

@@ -191,6 +191,8 @@ def demo(
     data_dir: Path = typer.Option(None, envvar="SMALLTUNE_DATA_DIR", help="Folder holding tnews/ and huanhuan/ (default: shared/data beside the repository)."),
     model: str = typer.Option(None, help="Fine-tune this model instead of the recipe's (a local dir, .gguf or hub id)."),
     prepare_only: bool = typer.Option(False, "--prepare-only", help="Write the data and task.yaml, then stop."),
+    seeds: int = typer.Option(1, min=1, help="Train this many times (train.seed, +1, ...) on the same data and "
+                              "report each metric's mean and range over them (WORK_DIR/seeds.json)."),
 ) -> None:
     """A whole recipe on the default model: write its data, measure, fine-tune, measure again."""
     from smalltune.recipes.demo import RECIPES, get_recipe, prepare_recipe, run_demo
@@ -210,18 +212,42 @@ def demo(
         console.print(f"wrote {task_file}: `smalltune train {task_file}`, then `smalltune eval`")
         return
     n_test = test_records if test_records is not None else chosen.n_test
-    model_passes = 3 if chosen.config().eval.few_shot else 2  # untuned, untuned few-shot, fine-tuned
-    model_passes += len(chosen.other_tests)  # the fine-tuned model on each other test file
     started = time.perf_counter()
-    with _RecordBar("eval: untuned, then fine-tuned", total=model_passes * n_test) as bar:
+    with _RecordBar("eval: untuned, then fine-tuned") as bar:
         results = run_demo(work_dir, train_records, n_test, log=console.print, on_batch=bar.advance,
-                           recipe=recipe, data_dir=data_dir, model=model)
-    print_results(results.held_out, f"held-out {recipe} ({n_test} records)")
-    for title, other in results.other_tests.items():
-        print_results(other, f"held-out {recipe}, {title}")
+                           recipe=recipe, data_dir=data_dir, model=model, seeds=seeds, on_start=bar.start)
+    if seeds == 1:
+        print_results(results.held_out, f"held-out {recipe} ({n_test} records)")
+        for title, other in results.runs[0].other_tests.items():
+            print_results(other, f"held-out {recipe}, {title}")
+    else:
+        for title, systems in results.spread().items():
+            print_spread(systems, f"{recipe}, {title}: mean (min-max) over seeds {', '.join(str(r.seed) for r in results.runs)}")
+        console.print(f"per seed: {escape(str(work_dir / 'seeds.json'))}")
     if chosen.published:
         print_published(chosen.published, results.held_out)
     console.print(f"total time: {(time.perf_counter() - started) / 60:.1f} min; results in {work_dir}")
+
+
+def print_spread(systems: dict, title: str) -> None:
+    """Each system's metrics over the seeds: mean (min-max), or one value where every run measured the same."""
+    from smalltune.evaluation.report import metric_names
+
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in systems:
+        table.add_column(name, justify="right")
+    for metric in metric_names(systems.values()):
+        cells = []
+        for spread in (s.get(metric) for s in systems.values()):
+            if spread is None:
+                cells.append("")
+            elif min(spread.values) == max(spread.values):
+                cells.append(f"{spread.mean:.3f}")
+            else:
+                cells.append(f"{spread.mean:.3f} ({min(spread.values):.3f}-{max(spread.values):.3f})")
+        table.add_row(metric, *cells)
+    console.print(table)
 
 
 def print_published(published, results: dict) -> None:

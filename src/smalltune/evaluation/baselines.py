@@ -155,7 +155,8 @@ _PROVINCE = re.compile(
 )
 _CLAUSE_END = re.compile(r"[\s，,。；;！!？?、|/：:（()）【】]")
 _BUILDING = re.compile(r"[座号室栋幢]")
-_SENTENCE_END = re.compile(r"[。！？!?；;\n]+")
+_ADDRESS_TAIL = re.compile(r"(?:\d+单元)?\d+室|(?: \d{6}|\d+樓)(?!\d)")
+_SENTENCE = re.compile(r"[^。！？!?\n]+[。！？!?]*")
 _HAN = re.compile(r"[\u4e00-\u9fa5]")
 _TRIM = " \t\r\n，,。；;：:、|/-—~#%&*【】[]（）()！!？?\"'“”"
 
@@ -164,8 +165,8 @@ class ComplaintRules(Baseline):
     """Hand-written rules for the complaints recipe (name, address, email, question).
 
     Email by pattern; name after a cue (我叫, 姓名, 联系人, ...) or before （先生/女士）; address from a
-    province name to the end of its clause (cut after 座/号/室); question: the sentence with the most Chinese
-    characters left once those are taken out of the text.
+    province name to the end of its clause (cut after 座/号/室, room and postcode kept); question: the sentence (its final mark kept) with the
+    most Chinese characters left once those are taken out of the text.
     """
 
     name = "complaint-rules"
@@ -201,20 +202,25 @@ class ComplaintRules(Baseline):
 
 
 def _address_span(text: str) -> tuple[int, int] | None:
-    """From the first province-level name to the end of its clause, cut after a building suffix if any."""
+    """From the first province-level name to the end of its clause, cut after a building suffix if any, then
+    any room number and postcode that follow."""
     province = _PROVINCE.search(text)
     if province is None:
         return None
     clause_end = _CLAUSE_END.search(text, province.end())
     stop = clause_end.start() if clause_end else len(text)
     building = _BUILDING.search(text, province.end(), stop)
-    return province.start(), building.end() if building else stop
+    end = building.end() if building else stop
+    while tail := _ADDRESS_TAIL.match(text, end):  # a room number, a postcode after a space
+        end = tail.end()
+    return province.start(), end
 
 
 def _longest_sentence(text: str, taken: list[tuple[int, int]]) -> str:
-    """The sentence with the most Chinese characters once the taken spans are replaced by sentence breaks."""
+    """The sentence (its final marks kept) with the most Chinese characters once the taken spans are replaced by
+    sentence breaks."""
     for start, end in sorted(taken, reverse=True):
         text = text[:start] + "\n" + text[end:]
-    sentences = [s.strip(_TRIM) for s in _SENTENCE_END.split(text)]
+    sentences = [s.lstrip(_TRIM).rstrip() for s in _SENTENCE.findall(text)]
     return max(sentences, key=lambda s: len(_HAN.findall(s)), default="")
 

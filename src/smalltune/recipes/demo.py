@@ -4,11 +4,14 @@ A recipe's task file is package data (smalltune/recipes/<name>.yaml, also linked
 Its data comes from a writer in `recipes.synth`: a generator (complaints, policy-pages) or a public data set
 read from the shared data folder (news-classify: TNEWS, role-play: huanhuan), which is never copied into the project.
 A recipe may also measure the fine-tuned model on other test files its writer makes (news-classify: the same
-headlines among a few candidates each), and quote published results on its benchmark beside its own.
+headlines among a few candidates each; complaints: the hand-written challenge set shipped in `recipes/challenge/`),
+and quote published results on its benchmark beside its own. With several seeds the demo trains once per seed on the
+same data and reports each metric's mean and range over them.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -19,7 +22,7 @@ import yaml
 from smalltune.config import TaskConfig, load_config
 from smalltune.errors import ConfigError
 from smalltune.evaluation.evaluate import SystemResult, evaluate_run
-from smalltune.io import atomic_write_text
+from smalltune.io import atomic_write_json, atomic_write_text
 from smalltune.recipes.synth.complaints import write_complaints
 from smalltune.recipes.synth.huanhuan import write_role_play
 from smalltune.recipes.synth.policy_pages import write_pages
@@ -37,6 +40,18 @@ class OtherTest:
 
     title: str
     file: str
+    untuned: bool = False  # also measure the untuned model (zero- and few-shot) on it
+
+
+CHALLENGE_FILE = "challenge.jsonl"
+
+
+def write_complaints_and_challenge(out_dir: Path, n_train: int, n_test: int, _data_dir: Path | None) -> tuple[Path, Path]:
+    """The generated complaints (train.jsonl, test.jsonl) and, beside them, the hand-written challenge set."""
+    paths = write_complaints(out_dir, n_train, n_test)
+    challenge = resources.files("smalltune.recipes").joinpath("challenge", "complaints.jsonl")
+    atomic_write_text(Path(out_dir) / CHALLENGE_FILE, challenge.read_text(encoding="utf-8"))
+    return paths
 
 
 @dataclass(frozen=True)
@@ -88,7 +103,8 @@ RECIPES: dict[str, Recipe] = {
     recipe.name: recipe
     for recipe in (
         Recipe("complaints", "complaint -> name, address, email, question",
-               lambda out, n, m, _: write_complaints(out, n, m), 320, 100, 19, True),
+               write_complaints_and_challenge, 320, 100, 19, True,
+               (OtherTest("hand-written challenge set", CHALLENGE_FILE, untuned=True),)),
         Recipe("policy-pages", "policy page text -> title, date, body",
                lambda out, n, m, _: write_pages(out, n, m), 80, 32, 21, True),
         Recipe("news-classify", "TNEWS headline -> one of the 15 categories (FewCLUE)",
@@ -126,11 +142,73 @@ def prepare_recipe(
 
 
 @dataclass(frozen=True)
-class DemoResults:
-    """Every system on the held-out records, and the baselines and fine-tuned model on each other test file."""
+class SeedResults:
+    """One training seed's run: every system on the held-out records, and on each other test file."""
 
+    seed: int
+    run_dir: Path
     held_out: dict[str, SystemResult]
     other_tests: dict[str, dict[str, SystemResult]]  # OtherTest.title -> results per system
+
+
+@dataclass(frozen=True)
+class Spread:
+    """One metric's values over the seeds that measured it."""
+
+    values: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    def as_dict(self) -> dict:
+        return {"mean": self.mean, "min": min(self.values), "max": max(self.values), "values": list(self.values)}
+
+
+def metric_spread(runs: list[dict[str, SystemResult]]) -> dict[str, dict[str, Spread]]:
+    """Per system and metric, the spread of its values over the runs that measured it."""
+    values: dict[str, dict[str, list[float]]] = {}
+    for results in runs:
+        for name, result in results.items():
+            for metric, value in result.metrics.items():
+                values.setdefault(name, {}).setdefault(metric, []).append(value)
+    return {name: {metric: Spread(tuple(v)) for metric, v in metrics.items()} for name, metrics in values.items()}
+
+
+@dataclass(frozen=True)
+class DemoResults:
+    """The runs of every seed (the untuned model is measured in the first one only: it does not depend on it)."""
+
+    runs: list[SeedResults]
+
+    @property
+    def held_out(self) -> dict[str, SystemResult]:
+        """The first seed's results on the held-out records."""
+        return self.runs[0].held_out
+
+    def spread(self) -> dict[str, dict[str, dict[str, Spread]]]:
+        """Per test set (`held-out`, then each other test's title): each system's metrics over the seeds."""
+        sets = {"held-out": [run.held_out for run in self.runs]}
+        for title in self.runs[0].other_tests:
+            sets[title] = [run.other_tests[title] for run in self.runs]
+        return {title: metric_spread(runs) for title, runs in sets.items()}
+
+
+def seed_config(config: TaskConfig, seed: int, work_dir: Path) -> TaskConfig:
+    """The task with training seed `seed`, its run directory under work_dir/seed-<seed>/."""
+    return config.model_copy(update={"train": config.train.model_copy(update={"seed": seed}),
+                                     "output_dir": Path(work_dir) / f"seed-{seed}"})
+
+
+def records_to_answer(recipe: str, work_dir: Path, n_test: int, seeds: int) -> int:
+    """How many answers the demo's model passes give: the progress bar's total (the data must be written)."""
+    chosen = get_recipe(recipe)
+    untuned_passes = 2 if chosen.config().eval.few_shot else 1
+    total = n_test * (untuned_passes + seeds)
+    for other in chosen.other_tests:
+        lines = (Path(work_dir) / "data" / other.file).read_text(encoding="utf-8").splitlines()
+        total += sum(bool(line.strip()) for line in lines) * (seeds + (untuned_passes if other.untuned else 0))
+    return total
 
 
 def run_demo(
@@ -142,21 +220,47 @@ def run_demo(
     recipe: str = "complaints",
     data_dir: Path | None = None,
     model: str | None = None,
+    seeds: int = 1,
+    on_start: Callable[[int], None] | None = None,
 ) -> DemoResults:
-    """Write the recipe's data and task file into work_dir, train, evaluate; returns the results per system.
+    """Write the recipe's data and task file into work_dir, train (once per seed), evaluate; returns the results.
 
-    `model` replaces the recipe's model (any reference `model.name` accepts).
+    `model` replaces the recipe's model (any reference `model.name` accepts). With one seed the run directory is
+    the task's own (work_dir/<name>); with several, seeds train.seed, train.seed+1, ... each train into
+    work_dir/seed-<seed>/<name>, and work_dir/seeds.json holds every metric's mean and range over them.
+    `on_start` gets the number of answers the model passes will give, once the data is written.
     """
     config = load_config(prepare_recipe(recipe, work_dir, n_train, n_test, data_dir, log))
     if model is not None:
         config = config.model_copy(update={"model": config.model.model_copy(update={"name": model})})
-    log(f"fine-tuning {config.model.name} with LoRA: run directory {config.run_dir}")
-    run_dir = train(config)
-    log("measuring the untuned and the fine-tuned model on the held-out records")
-    held_out = evaluate_run(run_dir, on_batch=on_batch)
-    others = {}
-    for other in get_recipe(recipe).other_tests:
-        log(f"measuring the fine-tuned model on {other.title}")
-        others[other.title] = evaluate_run(run_dir, on_batch=on_batch, test_file=Path(work_dir) / "data" / other.file,
-                                           untuned=False)
-    return DemoResults(held_out, others)
+    if on_start is not None:
+        on_start(records_to_answer(recipe, work_dir, n_test or get_recipe(recipe).n_test, seeds))
+    runs = []
+    for i in range(seeds):
+        seed = config.train.seed + i
+        seeded = config if seeds == 1 else seed_config(config, seed, work_dir)
+        log(f"fine-tuning {seeded.model.name} with LoRA (seed {seed}): run directory {seeded.run_dir}")
+        run_dir = train(seeded)
+        log("measuring " + ("the untuned and " if i == 0 else "") + "the fine-tuned model on the held-out records")
+        held_out = evaluate_run(run_dir, on_batch=on_batch, untuned=i == 0)
+        others = {}
+        for other in get_recipe(recipe).other_tests:
+            log(f"measuring on the {other.title}")
+            others[other.title] = evaluate_run(run_dir, on_batch=on_batch, test_file=Path(work_dir) / "data" / other.file,
+                                               untuned=other.untuned and i == 0)
+        runs.append(SeedResults(seed, run_dir, held_out, others))
+    results = DemoResults(runs)
+    if seeds > 1:
+        save_spread(Path(work_dir) / "seeds.json", results)
+    return results
+
+
+def save_spread(path: Path, results: DemoResults) -> None:
+    """Every metric's mean, range and per-seed values, per test set and system, as JSON."""
+    spread = results.spread()
+    atomic_write_json(path, {
+        "seeds": [run.seed for run in results.runs],
+        "run_dirs": [str(run.run_dir) for run in results.runs],
+        "results": {title: {name: {metric: s.as_dict() for metric, s in metrics.items()} for name, metrics in systems.items()}
+                    for title, systems in spread.items()},
+    })

@@ -25,7 +25,7 @@ fields:                          # extract: field name -> description (extractiv
   name: 投诉人姓名
   address: 投诉人地址
   email: 投诉人邮箱
-  question: 投诉的问题，原文中的一句话
+  question: 投诉的内容，原文照录（含结尾标点）
 """
 
     @classmethod

@@ -4,7 +4,10 @@ The task kinds build each record's grammar from these (`TaskKind.grammar`); the 
 (xgrammar in `inference.constrain`, vLLM's structured outputs). A grammar spells exactly what
 `TaskKind.answer` writes for training, so the constraint never pushes the model away from the form it learned.
 With grounding, an extractive value is spelled through a suffix automaton of the input text: at most 2n
-states for n characters, so any substring, and only substrings, can be written. The engines ground on the
+states for n characters, so only substrings can be written, and any substring that does not stop inside a run of
+ASCII letters or digits (`situ.jing@qq.com`, not `sit`). That boundary keeps a tokenisation trap shut: a model
+that writes `sit` as one token (it learned `s` + `itu`, the answer's canonical tokens) finds only `u` left to
+continue with, and closing the string would otherwise be the likelier choice. The engines ground on the
 input as the model is shown it (shortened to fit model.max_length), and at most `MAX_GROUNDED_CHARS` of it.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import NamedTuple
 
 from smalltune.errors import InputError
 
@@ -43,18 +47,34 @@ def _json_escaped(char: str) -> str:
     return json.dumps(char, ensure_ascii=False)[1:-1]
 
 
-def substring_automaton(text: str) -> list[dict[str, int]]:
-    """The suffix automaton of `text`: state 0 is the start, every path from it spells a substring.
+class Automaton(NamedTuple):
+    """A suffix automaton: state 0 is the start, every path from it spells a substring of the text."""
 
-    Returned as the transitions of each state (at most 2n states and 3n transitions).
-    """
+    transitions: list[dict[str, int]]  # per state: character -> next state (at most 2n states, 3n transitions)
+    may_end: list[bool]  # per state: whether its substrings end, somewhere in the text, at a word boundary
+
+
+def ends_inside_a_word(text: str, end: int) -> bool:
+    """Whether a span ending before text[end] would cut a run of ASCII letters or of ASCII digits."""
+    if end <= 0 or end >= len(text):
+        return False
+    before, after = text[end - 1], text[end]
+    return before.isascii() and after.isascii() and (
+        (before.isalpha() and after.isalpha()) or (before.isdigit() and after.isdigit()))
+
+
+def substring_automaton(text: str) -> Automaton:
+    """The suffix automaton of `text`, each state marked with whether a value may end there (`ends_inside_a_word`
+    false for one of its occurrences)."""
     transitions: list[dict[str, int]] = [{}]
     link, length, last = [-1], [0], 0
-    for char in text:
+    may_end = [True]  # the empty value
+    for position, char in enumerate(text):
         current = len(transitions)
         transitions.append({})
         length.append(length[last] + 1)
         link.append(0)
+        may_end.append(not ends_inside_a_word(text, position + 1))
         state = last
         while state != -1 and char not in transitions[state]:
             transitions[state][char] = current
@@ -68,16 +88,20 @@ def substring_automaton(text: str) -> list[dict[str, int]]:
                 transitions.append(dict(transitions[nxt]))
                 length.append(length[state] + 1)
                 link.append(link[nxt])
+                may_end.append(False)
                 while state != -1 and transitions[state].get(char) == nxt:
                     transitions[state][char] = clone
                     state = link[state]
                 link[nxt] = link[current] = clone
         last = current
-    return transitions
+    for state in sorted(range(1, len(transitions)), key=length.__getitem__, reverse=True):
+        may_end[link[state]] = may_end[link[state]] or may_end[state]  # a state's ends include its link children's
+    return Automaton(transitions, may_end)
 
 
 def substring_rules(text: str, prefix: str) -> str:
-    """EBNF rules `<prefix>0 ...` matching any substring of `text`, JSON-escaped (the empty one included).
+    """EBNF rules `<prefix>0 ...` matching the substrings of `text` that may end a value (`substring_automaton`),
+    JSON-escaped, the empty one included.
 
     Raises InputError when `text` is longer than MAX_GROUNDED_CHARS.
     """
@@ -86,9 +110,12 @@ def substring_rules(text: str, prefix: str) -> str:
                          "grounded decoding copies from: send a shorter input, lower model.max_length, "
                          "or set infer.grounded: false")
     rules = []
-    for state, moves in enumerate(substring_automaton(text)):
+    automaton = substring_automaton(text)
+    for state, moves in enumerate(automaton.transitions):
         options = [f"{ebnf_literal(_json_escaped(c))} {prefix}{target}" for c, target in moves.items()]
-        rules.append(f"{prefix}{state} ::= " + " | ".join([*options, '""']))
+        if automaton.may_end[state]:
+            options.append('""')
+        rules.append(f"{prefix}{state} ::= " + " | ".join(options))
     return "\n".join(rules)
 
 

@@ -1,16 +1,21 @@
 """Synthetic Chinese customer-complaint information-extraction data set.
 
-Each record pairs a noisy complaint text with the JSON fields ``name``,
-``address``, ``email`` and ``question``; every field value is an exact
-substring of the text.  Train and test records are built from two disjoint
-pools of sentence templates, complaint topics and noise patterns, so the test
-split measures generalisation rather than memorisation.
+Each record pairs a noisy complaint text with the JSON fields ``name``, ``address``, ``email`` and ``question``;
+every field value is an exact substring of the text, occurring once. ``question`` follows the seed's labelling:
+the complaint as written, from its first clause to its final punctuation mark, all of its clauses (one to four,
+sometimes two sentences) included; greetings, thanks, sign-offs, ticket and phone numbers around it are not part
+of it, nor is keyboard junk typed after its final mark. Addresses keep their postcode and room number where the
+text gives them; about one record in eight is written in traditional characters (a Taiwanese name and address,
+the rest converted by OpenCC). Train and test records are built from two disjoint pools of sentence templates,
+complaint topics, feelings and noise patterns, so the test split measures new wordings rather than memorised ones.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,16 +27,21 @@ FIELDS: dict[str, str] = {
     "name": "投诉人姓名",
     "address": "投诉人地址",
     "email": "投诉人邮箱",
-    "question": "投诉的问题，原文中的一句话",
+    "question": "投诉的内容，原文照录（含结尾标点）",
 }
+
+TRADITIONAL_SHARE = 0.12
+JUNK_SHARE = 0.12
+JUNK_CHARS = "阿萨德看见啊啥的健康仨都会撒娇到谎插件了太法师打发是发送个好久快乐自行车从不能吗去玩儿额外人他有哦怕"
 
 
 class Pool(NamedTuple):
     """Wordings one split is built from.
 
-    Skeleton slots: G greeting, N/A/E introduced name/address/email,
-    Q question, X mid-text noise sentence, C closing, s a separator drawn
-    once per record (never next to Q, so the question stays a sentence).
+    Skeleton slots: G greeting, N/A/E introduced name/address/email, Q the question (its own final mark
+    included, after an optional label such as 投诉内容：), X mid-text noise sentence, C closing, s a separator
+    drawn once per record. A question is one to three clauses of one topic, maybe a feeling clause after them,
+    joined by one of `joins` and closed by one of `enders`.
     """
 
     skeletons: tuple[str, ...]
@@ -40,21 +50,25 @@ class Pool(NamedTuple):
     name_intros: tuple[str, ...]
     address_intros: tuple[str, ...]
     email_intros: tuple[str, ...]
+    question_intros: tuple[str, ...]
     topics: tuple[tuple[str, tuple[str, ...]], ...]
+    feelings: tuple[str, ...]
+    enders: tuple[str, ...]
     noise_mid: tuple[str, ...]
     noise_tail: tuple[str, ...]
     separators: tuple[str, ...] = ("，",)
+    joins: tuple[str, ...] = ("，",)
 
     @property
     def templates(self) -> tuple[str, ...]:
         """All wordings that introduce fields or glue the text together."""
         return (self.skeletons + self.greetings + self.closings + self.name_intros
-                + self.address_intros + self.email_intros)
+                + self.address_intros + self.email_intros + self.question_intros)
 
     @property
     def problems(self) -> tuple[str, ...]:
-        """All problem sentences, flattened over topics."""
-        return tuple(s for _, sentences in self.topics for s in sentences)
+        """All problem clauses, flattened over topics, and the feeling clauses."""
+        return tuple(s for _, sentences in self.topics for s in sentences) + self.feelings
 
     @property
     def noise(self) -> tuple[str, ...]:
@@ -64,24 +78,28 @@ class Pool(NamedTuple):
 
 TRAIN_POOL = Pool(
     skeletons=(
-        "{G}{N}{s}{A}{s}{E}。{X}{Q}。{C}",
-        "{G}{Q}！{N}{s}{A}。{X}{E}",
-        "{N}。{A}。{X}{Q}。{E}。{C}",
-        "{G}{X}{Q}？{N}{s}{E}{s}{A}。{C}",
-        "{G}{N}\n{A}\n{E}\n{X}{Q}。",
-        "{Q}。{N}{s}{A}{s}{E}。{X}{C}",
-        "{G}{A}{s}{N}。{Q}！{X}{E}。",
-        "{G}{E}{s}{N}。{X}{Q}。{A}。{C}",
-        "{N}{s}{E}。{Q}。{A}。{X}{C}",
-        "{G}{N}{s}{A}。\n{Q}。\n{E}",
-        "{G}{X}{N}{s}{A}。{Q}！{E}。{C}",
-        "{G}{A}。{E}。{N}。{X}{Q}？",
-        "{G}{X}{Q}。\n{A}{s}{E}{s}{N}",
-        "{E}{s}{A}{s}{N}。{Q}！{X}{C}",
+        "{G}{N}{s}{A}{s}{E}。{X}{Q}{C}",
+        "{G}{Q}{N}{s}{A}。{X}{E}",
+        "{N}。{A}。{X}{Q}{E}。{C}",
+        "{G}{X}{Q}{N}{s}{E}{s}{A}。{C}",
+        "{G}{N}\n{A}\n{E}\n{X}{Q}",
+        "{Q}{N}{s}{A}{s}{E}。{X}{C}",
+        "{G}{A}{s}{N}。{Q}{X}{E}。",
+        "{G}{E}{s}{N}。{X}{Q}{A}。{C}",
+        "{N}{s}{E}。{Q}{A}。{X}{C}",
+        "{G}{N}{s}{A}。\n{Q}\n{E}",
+        "{G}{X}{N}{s}{A}。{Q}{E}。{C}",
+        "{G}{A}。{E}。{N}。{X}{Q}",
+        "{G}{X}{Q}\n{A}{s}{E}{s}{N}",
+        "{E}{s}{A}{s}{N}。{Q}{X}{C}",
+        "{N}\n{A}\n{E}\n{Q}",
+        "客服：您好，请讲。\n用户：{G}{Q}\n客服：请问怎么称呼？住在哪里？\n用户：{N}{s}{A}。\n客服：方便留个邮箱吗？\n用户：{E}。{C}",
     ),
     separators=("，", "；", "、", " ", "，\n"),
+    joins=("，", "，", "；"),
     greetings=("您好！", "你好。", "尊敬的客服：\n", "客服你好！", "领导好。", "打扰了。"),
-    closings=("请尽快处理，谢谢。", "希望早日解决！", "盼复。", "麻烦尽快给个答复。"),
+    closings=("请尽快处理，谢谢。", "希望早日解决！", "盼复。", "麻烦尽快给个答复。", "谢谢！", "此致\n敬礼", "辛苦了。",
+              "——一位老用户"),
     name_intros=("我叫{}", "本人{}", "联系人：{}", "{}（先生）反映", "姓名{}", "我是业主{}", "投诉人：{}",
                  "反映人：{}", "落款 {}", "客户姓名：{}", "{}（业主）", "称呼：{}", "来信人 {}", "户主{}",
                  "签名：{}", "Name: {}"),
@@ -89,6 +107,7 @@ TRAIN_POOL = Pool(
                     "居住在{}", "我住{}", "收件地址：{}", "家在{}", "户籍地址 {}", "位置：{}", "Address: {}"),
     email_intros=("邮箱{}", "电子邮件：{}", "email: {}", "联系邮箱：{}", "邮件请发{}", "E-mail：{}", "邮箱地址：{}",
                   "可以发邮件到{}", "电子信箱 {}", "回信请寄{}", "邮箱号：{}", "联系方式（邮箱）{}", "MAIL：{}"),
+    question_intros=("投诉内容：", "反映问题：", "具体情况：", "问题描述：", "诉求："),
     topics=(
         ("宽带", ("家里宽带最近一周每天晚上都断网", "宽带测速只有十几兆远低于办理的三百兆套餐",
                 "宽带师傅预约了三次都没有上门安装", "光猫的光信号灯一直闪红色无法上网",
@@ -114,33 +133,39 @@ TRAIN_POOL = Pool(
                   "小区绿化带被人私自种菜物业不管", "楼道的声控灯坏了半个月没人修",
                   "物业保安晚上经常不在岗", "我们楼下的垃圾桶满了也没人清")),
     ),
+    feelings=("简直无法忍受", "严重影响了我们的正常生活", "我已经反映过好多次了", "这已经不是第一次了",
+              "真是太让人失望了", "希望你们认真对待"),
+    enders=("。", "。", "！", "！！", "？"),
     noise_mid=("联系电话{phone}。", "工单号：GD{num}。", "{y}年{m}月{d}日已经打过客服热线。",
-               "麻烦您了。", "订单号{num}。", "我已经反映过好多次了！",
-               "真是太让人失望了！", "这已经不是第一次了。", "备用手机{phone}。"),
+               "麻烦您了。", "订单号{num}。", "备用手机{phone}。", "附件：现场照片3张。"),
     noise_tail=("——来自掌上营业厅客户端", "[自动回复]", "以上。", "！！！",
                 "\n--\n发自我的iPhone", "#%&*", "【转发】"),
 )
 
 TEST_POOL = Pool(
     skeletons=(
-        "{G}{N}；{A}；{E}。{X}{Q}！{C}",
-        "{G}{Q}。{X}{N}；{E}；{A}。",
-        "【{N}】{A}；{E}\n{X}{Q}。{C}",
-        "{G}{E}；{A}。{Q}！{X}{N}。{C}",
-        "{N} | {A} | {E}\n{X}{Q}。",
-        "{G}{X}{Q}。{A}；{N}；{E}。{C}",
-        "{G}{A}；{N}\n{Q}？\n{E}",
-        "{Q}！{N}，{E}。{X}{A}。{C}",
-        "{G}{N}；{E}。\n{X}{Q}。\n{A}",
-        "{E} / {N}\n{A}\n{X}{Q}！{C}",
-        "{G}{A}。{X}{Q}。{N}；{E}。",
-        "{G}{N}。{Q}。{X}{E}；{A}。{C}",
+        "{G}{N}；{A}；{E}。{X}{Q}{C}",
+        "{G}{Q}{X}{N}；{E}；{A}。",
+        "【{N}】{A}；{E}\n{X}{Q}{C}",
+        "{G}{E}；{A}。{Q}{X}{N}。{C}",
+        "{N} | {A} | {E}\n{X}{Q}",
+        "{G}{X}{Q}{A}；{N}；{E}。{C}",
+        "{G}{A}；{N}\n{Q}\n{E}",
+        "{Q}{N}，{E}。{X}{A}。{C}",
+        "{G}{N}；{E}。\n{X}{Q}\n{A}",
+        "{E} / {N}\n{A}\n{X}{Q}{C}",
+        "{G}{A}。{X}{Q}{N}；{E}。",
+        "{G}{N}。{Q}{X}{E}；{A}。{C}",
+        "{N} | {A} | {E} | {Q}",
+        "坐席：这里是客服中心，请问您要反映什么？\n来电人：{Q}\n坐席：请提供您的姓名、地址和邮箱。\n来电人：{N}，{A}，{E}。{C}",
     ),
+    joins=("，", "；"),
     greetings=("贵单位好！", "各位工作人员好。", "致相关部门：\n", "您好，打扰一下。", "早上好！", "客服小姐姐好！"),
-    closings=("望贵单位重视。", "等你们的回复！", "烦请核实处理。", "感谢！"),
+    closings=("望贵单位重视。", "等你们的回复！", "烦请核实处理。", "感谢！", "多谢。", "在此先行谢过！"),
     name_intros=("鄙人{}", "我的名字是{}", "联系人姓名：{}", "{}（女士）来电", "署名：{}", "用户{}", "报事人 {}"),
     address_intros=("现居{}", "详细地址：{}", "家住{}", "房屋坐落于{}", "所在地址 {}", "居住地：{}"),
     email_intros=("Email地址：{}", "邮件地址 {}", "mail:{}", "回复请发至{}", "电邮：{}", "我的邮箱是{}"),
+    question_intros=("事由：", "内容 ", "问题：", "情况说明："),
     topics=(
         ("停电", ("小区今天凌晨突然停电到现在还没恢复", "这个月已经无故停电四次了", "停电前没有收到任何通知",
                 "家里冰箱里的东西因为长时间停电全坏了", "只有我们这栋楼经常跳闸断电")),
@@ -162,14 +187,31 @@ TEST_POOL = Pool(
                 "国际漫游流量包开通后没有生效", "流量提醒短信一条都没收到就欠费了",
                 "定向流量包里的应用也被算作通用流量")),
     ),
+    feelings=("实在让人忍无可忍", "给生活带来了极大不便", "这都第三次投诉了", "老人孩子都受不了", "你们到底管不管"),
+    enders=("。", "！", "！！！", "？", "。。。"),
     noise_mid=("回拨号码 {phone}。", "受理编号#{num}。", "{y}-{m:02d}-{d:02d}来电反映过一次。",
-               "辛苦各位师傅了！", "事件单号 WO{num}。", "这都第三次投诉了！"),
+               "辛苦各位师傅了！", "事件单号 WO{num}。"),
     noise_tail=("——发送自微信小程序", "【系统自动回复，请勿直接回复】", "完毕。", "？？？",
                 "\n————————\n此邮件由客户服务平台自动生成", "~~~///", "（未完待续）"),
 )
 
 _OTHER_DOMAINS = ("qq.com", "163.com", "126.com", "foxmail.com", "sina.com")
-_POSTCODE = re.compile(r"\s*\d{6}$")
+_POSTCODE = re.compile(r"\s*(\d{6})$")
+
+
+class Fakers(NamedTuple):
+    """Where one split's names, addresses and emails come from: mainland records and traditional-script ones."""
+
+    simplified: Faker
+    traditional: Faker
+
+
+@functools.cache
+def to_traditional() -> Callable[[str], str]:
+    """OpenCC's simplified-to-traditional conversion."""
+    import opencc
+
+    return opencc.OpenCC("s2t").convert
 
 
 def _email(fake: Faker, rng: random.Random) -> str:
@@ -178,6 +220,18 @@ def _email(fake: Faker, rng: random.Random) -> str:
     if rng.random() < 0.25:
         return f"{email.split('@')[0]}@{rng.choice(_OTHER_DOMAINS)}"
     return email
+
+
+def _address(fake: Faker, rng: random.Random) -> str:
+    """A faker address; a mainland one gains a room number now and then and keeps its postcode half the time."""
+    address = fake.address()
+    postcode = _POSTCODE.search(address)
+    if postcode is None:  # a Taiwanese address: postcode first, floor included
+        return address
+    street = address[: postcode.start()]
+    if rng.random() < 0.3:
+        street += f"{rng.randint(1, 6)}单元{rng.randint(1, 32)}{rng.randint(1, 4):02d}室"
+    return f"{street} {postcode[1]}" if rng.random() < 0.5 else street
 
 
 def _maybe(rng: random.Random, options: tuple[str, ...], p: float) -> str:
@@ -191,34 +245,56 @@ def _noise(pattern: str, fake: Faker, rng: random.Random) -> str:
                           y=rng.randint(2021, 2024), m=rng.randint(1, 12), d=rng.randint(1, 28))
 
 
-def _record(pool: Pool, fake: Faker, rng: random.Random) -> tuple[str, dict[str, str]]:
+def _question(pool: Pool, rng: random.Random) -> str:
+    """One to four clauses of one topic (a feeling clause maybe last), now and then as two sentences."""
+    clauses = rng.sample(rng.choice(pool.topics)[1], rng.choices((1, 2, 3), weights=(4, 4, 2))[0])
+    if rng.random() < 0.35:
+        clauses.append(rng.choice(pool.feelings))
+    join = rng.choice(pool.joins)
+    if len(clauses) > 1 and rng.random() < 0.3:
+        cut = rng.randint(1, len(clauses) - 1)
+        return join.join(clauses[:cut]) + rng.choice("。！") + join.join(clauses[cut:]) + rng.choice(pool.enders)
+    return join.join(clauses) + rng.choice(pool.enders)
+
+
+def _junk(rng: random.Random) -> str:
+    """Keyboard junk typed after the complaint, as in the seed's second example."""
+    return "".join(rng.choices(JUNK_CHARS, k=rng.randint(8, 20))) + rng.choice(("", "、", "，"))
+
+
+def _record(pool: Pool, fakers: Fakers, rng: random.Random) -> tuple[str, dict[str, str]]:
     """Draw one complaint text and its extraction target."""
+    traditional = rng.random() < TRADITIONAL_SHARE
+    fake = fakers.traditional if traditional else fakers.simplified
+    script = to_traditional() if traditional else str
     output = {
         "name": fake.name(),
-        "address": _POSTCODE.sub("", fake.address()),
+        "address": _address(fake, rng),
         "email": _email(fake, rng),
-        "question": rng.choice(rng.choice(pool.topics)[1]),
+        "question": script(_question(pool, rng)),
     }
     slots = {
-        "G": _maybe(rng, pool.greetings, 0.6),
-        "N": rng.choice(pool.name_intros).format(output["name"]),
-        "A": rng.choice(pool.address_intros).format(output["address"]),
-        "E": rng.choice(pool.email_intros).format(output["email"]),
-        "Q": output["question"],
-        "X": _noise(_maybe(rng, pool.noise_mid, 0.6), fake, rng),
-        "C": _maybe(rng, pool.closings, 0.5),
+        "G": script(_maybe(rng, pool.greetings, 0.6)),
+        "N": script(rng.choice(pool.name_intros)).format(output["name"]),
+        "A": script(rng.choice(pool.address_intros)).format(output["address"]),
+        "E": script(rng.choice(pool.email_intros)).format(output["email"]),
+        "Q": script(_maybe(rng, pool.question_intros, 0.25)) + output["question"],
+        "X": script(_noise(_maybe(rng, pool.noise_mid, 0.6), fake, rng)),
+        "C": script(_maybe(rng, pool.closings, 0.5)),
         "s": rng.choice(pool.separators),
     }
-    text = rng.choice(pool.skeletons).format(**slots) + _noise(_maybe(rng, pool.noise_tail, 0.5), fake, rng)
+    text = script(rng.choice(pool.skeletons)).format(**slots)
+    text += script(_noise(_maybe(rng, pool.noise_tail, 0.4), fake, rng))
+    if rng.random() < JUNK_SHARE:
+        text += _junk(rng)
     return text.strip(), output
 
 
-def _split(prefix: str, n: int, pool: Pool, fake: Faker, rng: random.Random,
-           seen: set[str]) -> list[dict]:
+def _split(prefix: str, n: int, pool: Pool, fakers: Fakers, rng: random.Random, seen: set[str]) -> list[dict]:
     """``n`` records with unique inputs where every field value occurs exactly once."""
     records: list[dict] = []
     while len(records) < n:
-        text, output = _record(pool, fake, rng)
+        text, output = _record(pool, fakers, rng)
         if text in seen or any(text.count(v) != 1 for v in output.values()):
             continue
         seen.add(text)
@@ -226,11 +302,12 @@ def _split(prefix: str, n: int, pool: Pool, fake: Faker, rng: random.Random,
     return records
 
 
-def _sources(seed: int, split: str) -> tuple[Faker, random.Random]:
-    """Faker and random generator of one split: the test split does not change when the train pool does."""
-    fake = Faker("zh_CN")
-    fake.seed_instance(f"{seed}-{split}")
-    return fake, random.Random(f"{seed}-{split}")
+def _sources(seed: int, split: str) -> tuple[Fakers, random.Random]:
+    """Fakers and random generator of one split: the test split does not change when the train pool does."""
+    fakers = Fakers(Faker("zh_CN"), Faker("zh_TW"))
+    for locale, fake in zip(("cn", "tw"), fakers):
+        fake.seed_instance(f"{seed}-{split}-{locale}")
+    return fakers, random.Random(f"{seed}-{split}")
 
 
 def generate_complaints(n_train: int = 320, n_test: int = 100, seed: int = 0) -> tuple[list[dict], list[dict]]:
