@@ -103,12 +103,12 @@ RECIPES: dict[str, Recipe] = {
     recipe.name: recipe
     for recipe in (
         Recipe("complaints", "complaint -> name, address, email, question",
-               write_complaints_and_challenge, 320, 100, 19, True,
+               write_complaints_and_challenge, 320, 100, 48, True,
                (OtherTest("hand-written challenge set", CHALLENGE_FILE, untuned=True),)),
         Recipe("policy-pages", "policy page text -> title, date, body",
                lambda out, n, m, _: write_pages(out, n, m), 80, 32, 21, True),
         Recipe("news-classify", "TNEWS headline -> one of the 15 categories (FewCLUE)",
-               write_news, 1185, 200, 20, False,
+               write_news, 1185, 200, 15, True,
                (OtherTest("few candidates (3-6 per headline)", FEW_CANDIDATES_FILE),),
                FEWCLUE_TNEWS),
         Recipe("role-play", "a line to 甄嬛 -> her reply", write_role_play, 600, 100, 17, True),
