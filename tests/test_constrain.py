@@ -8,16 +8,13 @@ import pytest
 import xgrammar as xgr
 from transformers import AutoModelForCausalLM
 
-from conftest import write_jsonl
 from smalltune.config import FieldSpec, TaskConfig
 from smalltune.tasks import grammar
 from smalltune.tasks.grammar import extract_grammar, substring_automaton
 from smalltune.data.records import Record
-from smalltune.inference.engine import load_engine
 from smalltune.inference.transformers_engine import TransformersEngine as Engine
 from smalltune.recipes.synth.complaints import FIELDS, generate_complaints
 from smalltune.tasks import build_task
-from smalltune.training.run import train
 
 TEXT = '【署名：赵娜】所在地址 四川省婷市兴山李路Z座；电邮："yong\\kong"@yahoo.com\n电梯年检合格证已经过期了。'
 
@@ -216,30 +213,3 @@ def test_grounded_values_and_list_items_come_from_the_text_and_other_values_of_t
 def test_a_typed_grammar_shares_one_set_of_substring_rules_among_its_grounded_fields(tmp_path):
     ebnf = _typed_task(tmp_path).grammar(Record("r", "t:1", COMPLAINT, None), True)
     assert ebnf.count("\ns0 ::= ") == 1 and ebnf.count("\nsn ::= ") == 1
-
-
-def test_a_typed_task_trains_and_answers_valid_json_of_its_types_for_every_record(tmp_path, tiny_qwen3_dir):
-    """A list field and an optional one, trained 2 steps on the tiny model, then asked (constrained) for answers."""
-    people = ["李雷", "韩梅梅", "王芳", "赵娜"]
-    companies = ["阿里巴巴", "腾讯", "京东", "美团"]
-    rows = [{"id": f"r{i}", "input": f"我叫{people[i % 4]}，投诉{companies[i % 4]}和{companies[(i + 1) % 4]}。"
-             + ("邮箱 a@b.cn。" if i % 2 else ""),
-             "output": {"name": people[i % 4], "email": "a@b.cn" if i % 2 else None,
-                        "companies": [companies[i % 4], companies[(i + 1) % 4]]}} for i in range(8)]
-    config = TaskConfig(
-        name="typed", kind="extract",
-        fields={"name": "姓名", "email": {"description": "邮箱", "optional": True}, "companies": {"type": "list"}},
-        data={"train": write_jsonl(tmp_path / "train.jsonl", rows), "validation_share": 0, "test_share": 0},
-        model={"name": str(tiny_qwen3_dir), "max_length": 256, "dtype": "float32"},
-        train={"epochs": 1, "batch_size": 4, "learning_rate": 5e-3, "logging_steps": 1, "report_to": "none"},
-        infer={"batch_size": 4, "max_new_tokens": 96}, output_dir=tmp_path / "runs",
-    )
-    engine = load_engine(train(config), "transformers")
-    records = [Record(r["id"], "t", r["input"], r["output"]) for r in rows]
-    for text, record in zip(engine.generate(records).texts, records):
-        parsed = engine.task.parse(text, record)
-        assert parsed.ok, text
-        assert list(parsed.value) == ["name", "email", "companies"]
-        assert isinstance(parsed.value["name"], str) and parsed.value["name"] in record.input
-        assert parsed.value["email"] is None or parsed.value["email"] in record.input
-        assert isinstance(parsed.value["companies"], list) and all(c and c in record.input for c in parsed.value["companies"])

@@ -23,7 +23,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-FIELD_TYPES = ("string", "list", "choice", "integer", "number", "date", "boolean")
 FieldType = Literal["string", "list", "choice", "integer", "number", "date", "boolean"]
 TEXT_TYPES = ("string", "list")
 """The types whose values (a list's items) are text and may be copied from the input (`extractive`)."""
