@@ -98,11 +98,13 @@ def _field_of(key: str, prop: object, required: bool) -> dict[str, Any]:
     """One property of a JSON Schema as a field's settings; ValueError naming `key` when it has no field type."""
     if not isinstance(prop, dict):
         raise ValueError(f"{key}: must be a mapping such as {{type: string}}")
+    types = prop.get("type", "string")
+    types = types if isinstance(types, list) else [types]
+    if "object" in types or "properties" in prop:
+        raise ValueError(f"{key}: nested objects are not supported: make its properties top-level ones")
     unknown = sorted(set(prop) - set(_PROPERTY_KEYS))
     if unknown:
         raise ValueError(f"{key}: {unknown} not supported; a property may have {', '.join(_PROPERTY_KEYS)}")
-    types = prop.get("type", "string")
-    types = types if isinstance(types, list) else [types]
     kind = _field_type(key, [t for t in types if t != "null"], prop)
     field: dict[str, Any] = {"description": prop.get("description", ""), "type": kind}
     field.update({"extractive": prop["extractive"]} if "extractive" in prop else {})
@@ -126,8 +128,6 @@ def _field_type(key: str, types: list[Any], prop: dict[str, Any]) -> str:
         if prop.get("items") != {"type": "string"}:
             raise ValueError(f"{key}.items: must be {{type: string}} (only arrays of strings are supported)")
         return "list"
-    if types == ["object"]:
-        raise ValueError(f"{key}: nested objects are not supported: make its properties top-level ones")
     if len(types) != 1 or types[0] not in _SCALAR_TYPES or "items" in prop:
         raise ValueError(f"{key}.type: {prop.get('type')!r} is not one of string, array (with items), integer, "
                          "number, boolean (each with null or not)")

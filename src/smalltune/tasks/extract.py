@@ -246,8 +246,7 @@ fields:                          # extract: field name -> description (extractiv
         if not parsed.ok:
             return parsed
         value = {name: parsed.value[name] for name in self._specs}
-        ungrounded = [(name, item) for name, spec in self._specs.items() if spec.extractive
-                      for item in typed.items(spec, value[name]) if item not in record.input]
+        ungrounded = [(name, item) for name, item in self._copied(parsed) if item not in record.input]
         if ungrounded:
             listed = ", ".join(f"'{name}' = {item!r}" for name, item in ungrounded)
             return Parsed(None, f"{listed} not found in the text; copy values verbatim from the text or leave them empty")
