@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from smalltune.cli import app
@@ -34,6 +37,25 @@ def test_minimal_file_gets_the_default_lora_settings_and_resolves_paths(tmp_path
         ("name: c\nkind: extract\ndata: {train: x}\n", "fields"),
         ("name: c\nkind: classify\ndata: {train: x}\n", "labels"),
         ("name: c\nkind: chat\n", "data"),
+        ("name: c\nkind: extract\nfields: {p: {type: money}}\ndata: {train: x}\n", "fields.p.type"),
+        ("name: c\nkind: extract\nfields: {p: {type: choice}}\ndata: {train: x}\n", "fields.p.choices"),
+        ("name: c\nkind: extract\nfields: {p: {choices: [a, b]}}\ndata: {train: x}\n", "fields.p.choices"),
+        ("name: c\nkind: extract\nfields: {n: {type: number, extractive: true}}\ndata: {train: x}\n",
+         "fields.n.extractive"),
+        ("name: c\nkind: extract\nfields: {c: {type: list, optional: true}}\ndata: {train: x}\n", "fields.c.optional"),
+        ("name: c\nkind: extract\nschema: {properties: {a: {type: money}}}\ndata: {train: x}\n",
+         "schema.properties.a.type"),
+        ("name: c\nkind: extract\nschema: {properties: {a: {type: object, properties: {b: {type: string}}}}}\n"
+         "data: {train: x}\n", "schema.properties.a: nested objects"),
+        ("name: c\nkind: extract\nschema: {properties: {a: {type: array, items: {type: integer}}}}\n"
+         "data: {train: x}\n", "schema.properties.a.items"),
+        ("name: c\nkind: extract\nschema: {properties: {a: {type: string}}, required: [b]}\ndata: {train: x}\n",
+         "schema.required"),
+        ("name: c\nkind: extract\nschema: {properties: {a: {type: string, pattern: x}}}\ndata: {train: x}\n",
+         "schema.properties.a: ['pattern'] not supported"),
+        ("name: c\nkind: extract\nschema: missing.json\ndata: {train: x}\n", "schema: cannot read"),
+        ("name: c\nkind: extract\nfields: {a: b}\nschema: {properties: {a: {type: string}}}\ndata: {train: x}\n",
+         "not both"),
     ],
 )
 def test_errors_name_the_key(tmp_path, text, key):
@@ -92,3 +114,52 @@ def test_a_data_file_where_a_task_file_is_expected_says_so(tmp_path):
 def test_a_lone_surrogate_in_the_task_file_names_its_line(tmp_path):
     with pytest.raises(ConfigError, match=r"task\.yaml:2: the text holds a lone surrogate"):
         load_config(write(tmp_path, 'name: c\ninstruction: "bad \\ud800"\nkind: chat\ndata: {train: x}\n'))
+
+
+TYPED = """name: c
+kind: extract
+data: {train: x.jsonl}
+fields:
+  name: 投诉人姓名
+  email: {description: 投诉人邮箱, optional: true}
+  companies: {description: 公司名, type: list}
+  priority: {type: choice, choices: [低, 中, 高]}
+  amount: {type: number}
+  signed: {type: date}
+  urgent: {type: boolean}
+"""
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "description": "投诉人姓名"},
+        "email": {"type": "string", "description": "投诉人邮箱"},
+        "companies": {"type": "array", "items": {"type": "string"}, "description": "公司名"},
+        "priority": {"enum": ["低", "中", "高"]},
+        "amount": {"type": "number"},
+        "signed": {"type": "string", "format": "date"},
+        "urgent": {"type": "boolean"},
+    },
+    "required": ["name", "companies", "priority", "amount", "signed", "urgent"],
+}
+
+
+def test_typed_fields_read_with_their_defaults_and_the_short_form_stays_a_string(tmp_path):
+    fields = load_config(write(tmp_path, TYPED)).fields
+    assert [spec.type for spec in fields.values()] == ["string", "string", "list", "choice", "number", "date", "boolean"]
+    assert (fields["name"].description, fields["name"].optional, fields["name"].extractive) == ("投诉人姓名", False, True)
+    assert fields["email"].optional and fields["companies"].extractive
+    assert fields["priority"].choices == ["低", "中", "高"] and not fields["priority"].extractive
+
+
+def test_a_json_schema_inline_or_in_a_file_beside_the_task_file_reads_as_the_same_fields(tmp_path):
+    expected = list(load_config(write(tmp_path, TYPED)).fields.items())  # in order: the answer's order
+    head = "name: c\nkind: extract\ndata: {train: x.jsonl}\n"
+    inline = load_config(write(tmp_path, head + yaml.safe_dump({"schema": SCHEMA}, allow_unicode=True, sort_keys=False)))
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "fields.json").write_text(json.dumps(SCHEMA, ensure_ascii=False), encoding="utf-8")
+    from_file = load_config(write(tmp_path, head + "schema: schemas/fields.json\n"))
+    assert list(inline.fields.items()) == list(from_file.fields.items()) == expected
+    nullable = {**SCHEMA, "required": list(SCHEMA["properties"])}
+    nullable["properties"] = {**SCHEMA["properties"], "email": {"type": ["string", "null"], "description": "投诉人邮箱"}}
+    text = head + yaml.safe_dump({"schema": nullable}, allow_unicode=True, sort_keys=False)
+    assert list(load_config(write(tmp_path, text)).fields.items()) == expected

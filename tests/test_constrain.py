@@ -8,7 +8,7 @@ import pytest
 import xgrammar as xgr
 from transformers import AutoModelForCausalLM
 
-from smalltune.config import TaskConfig
+from smalltune.config import FieldSpec, TaskConfig
 from smalltune.tasks import grammar
 from smalltune.tasks.grammar import extract_grammar, substring_automaton
 from smalltune.data.records import Record
@@ -50,14 +50,14 @@ def _accepts(compiler, ebnf: str, tokenizer, answer: str) -> bool:
 
 
 def test_grounded_grammar_takes_the_canonical_answer_and_refuses_invented_text(compiler, qwen_tokenizer):
-    fields = dict.fromkeys(FIELDS, True)
+    fields = {name: FieldSpec() for name in FIELDS}
     good = {"name": "赵娜", "address": "四川省婷市兴山李路Z座", "email": '"yong\\kong"@yahoo.com', "question": "电梯年检合格证已经过期了"}
     grammar = extract_grammar(fields, TEXT)
     assert _accepts(compiler, grammar, qwen_tokenizer, json.dumps(good, ensure_ascii=False))
     assert not _accepts(compiler, grammar, qwen_tokenizer, json.dumps({**good, "address": "四川省省婷市"}, ensure_ascii=False))
     reordered = {k: good[k] for k in reversed(good)}
     assert not _accepts(compiler, grammar, qwen_tokenizer, json.dumps(reordered, ensure_ascii=False))
-    free = extract_grammar({**fields, "question": False}, TEXT)  # a field that is not copied from the text
+    free = extract_grammar({**fields, "question": FieldSpec(extractive=False)}, TEXT)  # a field that is not copied from the text
     assert _accepts(compiler, free, qwen_tokenizer, json.dumps({**good, "question": "电梯证过期"}, ensure_ascii=False))
 
 
@@ -77,7 +77,7 @@ def test_a_grounded_value_cannot_close_inside_a_word_after_an_uncanonical_token(
     """The `sit` answer: the email's canonical tokens are `s` + `itu`; a model that writes the single token `sit`
     could only go on with `u`, and closed the string instead. A value now never ends inside a run of letters or
     digits, so after `sit` the string must go on; at a boundary (after `situ.jing`, before `@`) it may close."""
-    ebnf = extract_grammar(dict.fromkeys(FIELDS, True), SITU)
+    ebnf = extract_grammar({name: FieldSpec() for name in FIELDS}, SITU)
     prefix = json.dumps({"name": "司徒静", "address": "广东省广州市天河区珠江新城花城大道85号"}, ensure_ascii=False)[:-1]
     prefix_ids = qwen_tokenizer(prefix + ', "email": "', add_special_tokens=False)["input_ids"]
     assert qwen_tokenizer.convert_ids_to_tokens(prefix_ids[-1:]) == ['Ġ"']
@@ -167,3 +167,49 @@ def test_a_record_that_cannot_be_shown_or_grounded_gets_its_problem_and_the_othe
     assert long.startswith("in.jsonl:2: ") and "more than the 60" in long and "infer.grounded: false" in long
     assert wordy.startswith("in.jsonl:3: ") and "raise model.max_length" in wordy
     assert generation.texts[1:] == ["", ""]
+
+
+TYPED = {"name": "姓名", "email": {"description": "邮箱", "optional": True}, "companies": {"type": "list"},
+         "priority": {"type": "choice", "choices": ["低", "中", "高"]}, "amount": {"type": "number"},
+         "count": {"type": "integer"}, "signed": {"type": "date"}, "urgent": {"type": "boolean"}}
+COMPLAINT = "我叫李雷，邮箱 lilei@qq.com，投诉阿里巴巴和腾讯：两家都没退款。"
+ANSWER = {"name": "李雷", "email": None, "companies": ["阿里巴巴", "腾讯"], "priority": "高", "amount": 300.5,
+          "count": 2, "signed": "2025-05-16", "urgent": True}
+
+
+def _typed_task(tmp_path):
+    return build_task(TaskConfig(name="t", kind="extract", fields=TYPED, data={"train": tmp_path / "x.jsonl"}))
+
+
+@pytest.mark.parametrize(("field", "wrong"), [
+    ("name", None), ("email", ""), ("email", 3), ("companies", "阿里巴巴"), ("companies", [1]),
+    ("priority", "很高"), ("priority", None), ("amount", "300"), ("amount", True), ("count", 2.5),
+    ("signed", "2025-5-16"), ("signed", "2025-13-01"), ("urgent", "true"), ("urgent", None),
+])
+def test_each_type_takes_the_canonical_answer_and_refuses_a_wrong_typed_value(compiler, qwen_tokenizer, tmp_path,
+                                                                             field, wrong):
+    task = _typed_task(tmp_path)
+    record = Record("r", "t:1", COMPLAINT, ANSWER)
+    for grounded in (True, False):
+        ebnf = task.grammar(record, grounded)
+        assert _accepts(compiler, ebnf, qwen_tokenizer, task.answer(record))
+        assert not _accepts(compiler, ebnf, qwen_tokenizer, json.dumps({**ANSWER, field: wrong}, ensure_ascii=False))
+
+
+@pytest.mark.parametrize(("field", "value", "grounded_too"), [
+    ("email", "lilei@qq.com", True), ("companies", [], True), ("companies", ["腾讯"], True),
+    ("companies", ["百度"], False), ("companies", ["阿里巴巴", "阿里"], True), ("name", "", True),
+    ("name", "王五", False), ("amount", -1e-05, True), ("amount", 12, True), ("count", -7, True), ("urgent", False, True),
+])
+def test_grounded_values_and_list_items_come_from_the_text_and_other_values_of_the_type_pass(
+        compiler, qwen_tokenizer, tmp_path, field, value, grounded_too):
+    task = _typed_task(tmp_path)
+    record = Record("r", "t:1", COMPLAINT, None)
+    answer = json.dumps({**ANSWER, field: value}, ensure_ascii=False)
+    assert _accepts(compiler, task.grammar(record, False), qwen_tokenizer, answer)
+    assert _accepts(compiler, task.grammar(record, True), qwen_tokenizer, answer) == grounded_too
+
+
+def test_a_typed_grammar_shares_one_set_of_substring_rules_among_its_grounded_fields(tmp_path):
+    ebnf = _typed_task(tmp_path).grammar(Record("r", "t:1", COMPLAINT, None), True)
+    assert ebnf.count("\ns0 ::= ") == 1 and ebnf.count("\nsn ::= ") == 1

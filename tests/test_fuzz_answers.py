@@ -15,7 +15,7 @@ import xgrammar as xgr
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from smalltune.config import TaskConfig
+from smalltune.config import FieldSpec, TaskConfig
 from smalltune.data.records import Record
 from smalltune.errors import InputError
 from smalltune.inference.constrain import Grammars
@@ -141,7 +141,7 @@ def _word_end(text: str, end: int) -> int:
 @GRAMMAR_FUZZ
 @given(text=texts(surrogates=False), data=st.data())
 def test_a_grounded_answer_the_grammar_takes_parses_and_copies_from_the_text(grammars, text, data):
-    ebnf = extract_grammar(dict.fromkeys(FIELDS, True), text)
+    ebnf = extract_grammar({name: FieldSpec() for name in FIELDS}, text)
     spans = [data.draw(st.tuples(st.integers(0, len(text)), st.integers(0, len(text)))) for _ in FIELDS]
     value = {name: text[min(a, b):_word_end(text, max(a, b))] for name, (a, b) in zip(FIELDS, spans)}
     answer = json.dumps(value, ensure_ascii=False)  # what TaskKind.answer writes for training
@@ -150,6 +150,28 @@ def test_a_grounded_answer_the_grammar_takes_parses_and_copies_from_the_text(gra
     assert parsed.ok and parsed.value == value
     absent = next(chr(code) for code in range(1, 0xD800) if chr(code) not in text)  # so name + absent is not either
     assert not accepts(grammars, ebnf, json.dumps({**value, "name": value["name"] + absent}, ensure_ascii=False))
+
+
+TYPED = {"items": FieldSpec(type="list"), "n": FieldSpec(type="integer"), "x": FieldSpec(type="number", optional=True),
+         "ok": FieldSpec(type="boolean"), "when": FieldSpec(type="date", optional=True),
+         "pick": FieldSpec(type="choice", choices=["体育", 'a"b', "行\n二"])}
+TYPED_TASK = build_task(TaskConfig(name="t", kind="extract", fields=TYPED, data={"train": "x.jsonl"}))
+
+
+@GRAMMAR_FUZZ
+@given(text=texts(surrogates=False), data=st.data())
+def test_a_typed_answer_as_training_writes_it_is_taken_by_its_grammar_and_parses_back(grammars, text, data):
+    spans = data.draw(st.lists(st.tuples(st.integers(0, len(text)), st.integers(0, len(text))), max_size=4))
+    items = list(dict.fromkeys(filter(None, (text[min(a, b):_word_end(text, max(a, b))] for a, b in spans))))
+    value = {"items": items, "n": data.draw(st.integers()),
+             "x": data.draw(st.none() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)),
+             "ok": data.draw(st.booleans()), "when": data.draw(st.none() | st.dates().map(lambda d: d.isoformat())),
+             "pick": data.draw(st.sampled_from(TYPED["pick"].choices))}
+    answer = json.dumps(value, ensure_ascii=False)  # what TaskKind.answer writes for training
+    assert accepts(grammars, extract_grammar(TYPED, text), answer) and accepts(grammars, extract_grammar(TYPED, None), answer)
+    assert TYPED_TASK.parse(answer, Record("r", "x:1", text, None)).value == value
+    absent = next(chr(code) for code in range(1, 0xD800) if chr(code) not in text)
+    assert not accepts(grammars, extract_grammar(TYPED, text), json.dumps({**value, "items": [absent]}, ensure_ascii=False))
 
 
 # A label that spells out the end-of-turn token is left out: the grammar lets the model end its turn there, the
@@ -171,4 +193,4 @@ def test_grammar_builders_refuse_what_they_cannot_build_with_the_projects_error(
     with pytest.raises(InputError, match="no labels"):
         choice_grammar([])
     with pytest.raises(InputError, match="infer.grounded: false"):
-        extract_grammar({"name": True}, "长" * (MAX_GROUNDED_CHARS + 1))
+        extract_grammar({"name": FieldSpec()}, "长" * (MAX_GROUNDED_CHARS + 1))

@@ -21,14 +21,16 @@ import pytest
 import uvicorn
 from typer.testing import CliRunner
 
-from conftest import make_run_dir
+from conftest import make_run_dir, write_jsonl
 from smalltune.cli import app as cli
+from smalltune.config import TaskConfig
 from smalltune.data.records import Record
 from smalltune.formatting import encode_example, render_prompt
 from smalltune.inference.transformers_engine import TransformersEngine as Engine
 from smalltune.serving.app import ServeSettings, create_app
 from smalltune.tasks import grammar
 from smalltune.tasks.extract import ExtractTask
+from smalltune.training.run import train
 
 KEY_ENV, KEY = "SMALLTUNE_TEST_KEY", "secret-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -112,6 +114,36 @@ def test_health_models_auth_body_limit_and_per_request_extract_errors(runs, monk
         for i, answer in enumerate(a.json() for a in answers):
             assert answer["id"] == f"r{i}" and answer["result"] is None and answer["error"]
         assert httpx2.get(f"{url}/health").json()["requests_batched"] == 3
+
+
+def test_a_typed_task_trains_answers_json_of_its_types_for_every_record_and_serves_it(tmp_path, tiny_qwen3_dir):
+    """A list field and an optional one, trained 2 steps on the tiny model, then asked (constrained) for answers:
+    by `generate` for every record, and through /v1/extract."""
+    people, companies = ["李雷", "韩梅梅", "王芳", "赵娜"], ["阿里巴巴", "腾讯", "京东", "美团"]
+    rows = [{"id": f"r{i}", "input": f"我叫{people[i % 4]}，投诉{companies[i % 4]}和{companies[(i + 1) % 4]}。"
+             + ("邮箱 a@b.cn。" if i % 2 else ""),
+             "output": {"name": people[i % 4], "email": "a@b.cn" if i % 2 else None,
+                        "companies": [companies[i % 4], companies[(i + 1) % 4]]}} for i in range(8)]
+    config = TaskConfig(
+        name="typed", kind="extract",
+        fields={"name": "姓名", "email": {"description": "邮箱", "optional": True}, "companies": {"type": "list"}},
+        data={"train": write_jsonl(tmp_path / "train.jsonl", rows), "validation_share": 0, "test_share": 0},
+        model={"name": str(tiny_qwen3_dir), "max_length": 256, "dtype": "float32"},
+        train={"epochs": 1, "batch_size": 4, "learning_rate": 5e-3, "logging_steps": 1, "report_to": "none"},
+        infer={"batch_size": 4, "max_new_tokens": 96}, output_dir=tmp_path / "runs",
+    )
+    engine = Engine.from_run(train(config))
+    records = [Record(r["id"], "t", r["input"], None) for r in rows]
+    results = [engine.task.parse(text, record) for text, record in zip(engine.generate(records).texts, records)]
+    assert all(result.ok for result in results), [result.error for result in results]
+    with running(create_app(engine)) as url:
+        served = httpx2.post(f"{url}/v1/extract", json={"text": rows[1]["input"]}, timeout=120).json()
+    assert served["error"] is None
+    for value, text in [*((r.value, record.input) for r, record in zip(results, records)), (served["result"], rows[1]["input"])]:
+        assert list(value) == ["name", "email", "companies"], value
+        assert isinstance(value["name"], str) and value["name"] in text
+        assert value["email"] is None or value["email"] in text
+        assert isinstance(value["companies"], list) and all(item and item in text for item in value["companies"])
 
 
 def test_classify_answers_one_of_the_candidates_with_each_ones_probability(runs):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from smalltune.config import TaskConfig
-from smalltune.data.records import Record
+from conftest import write_jsonl
+from smalltune.config import DataConfig, TaskConfig
+from smalltune.data.records import Record, load_records
 from smalltune.tasks import Parsed, build_task
 from smalltune.tasks.metrics import char_f1
 
@@ -111,3 +114,120 @@ def test_bootstrap_interval_brackets_the_score_and_narrows_with_agreement():
     lo, hi = bootstrap_intervals(t, half, golds, rounds=300)["accuracy"]
     assert lo < 0.5 < hi and hi - lo > 0.1
     assert bootstrap_intervals(t, [Parsed(r.output) for r in golds], golds, rounds=300)["accuracy"] == (1.0, 1.0)
+
+
+# ---- typed extraction fields ---------------------------------------------------------------------
+
+TYPED = {"name": "姓名", "email": {"description": "邮箱", "optional": True}, "companies": {"type": "list"},
+         "priority": {"type": "choice", "choices": ["低", "中", "高"]}, "amount": {"type": "number"},
+         "signed": {"type": "date"}, "urgent": {"type": "boolean"}}
+GOLD = {"name": "李雷", "email": None, "companies": ["阿里巴巴", "腾讯"], "priority": "高", "amount": 300,
+        "signed": "2025年5月16日", "urgent": True}
+CANONICAL = {**GOLD, "signed": "2025-05-16"}
+
+
+def test_a_typed_answer_is_canonical_json_and_parses_back_to_its_values():
+    t = task("extract", fields=TYPED)
+    answer = t.answer(rec(GOLD))
+    assert answer == ('{"name": "李雷", "email": null, "companies": ["阿里巴巴", "腾讯"], "priority": "高", '
+                      '"amount": 300, "signed": "2025-05-16", "urgent": true}')
+    assert t.parse(answer, rec({})).value == CANONICAL
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("companies", 3, "field 'companies': expected a list of strings, got 3"),
+    ("companies", ["腾讯", "腾讯"], "field 'companies': \"腾讯\" is listed twice"),
+    ("companies", ["腾讯", ""], "field 'companies': a list item is empty"),
+    ("priority", "很高", "field 'priority': expected one of 低, 中, 高, got \"很高\""),
+    ("priority", None, "optional: true"),
+    ("amount", "300", "field 'amount': expected a number, got \"300\""),
+    ("amount", True, "field 'amount': expected a number, got true"),
+    ("urgent", "yes", "field 'urgent': expected true or false"),
+    ("signed", "下周", "field 'signed': expected a date (YYYY-MM-DD)"),
+    ("email", "", "field 'email': write null"),
+    ("name", None, "field 'name': expected a string, got null"),
+])
+def test_check_names_the_field_and_the_type_a_training_value_lacks(field, value, message):
+    problem = task("extract", fields=TYPED).check(rec({**GOLD, field: value}))
+    assert problem is not None and message in problem
+
+
+def test_the_data_check_reports_a_wrong_type_at_its_file_and_line(tmp_path):
+    t = task("extract", fields=TYPED)
+    path = write_jsonl(tmp_path / "f.jsonl", [{"input": "a", "output": GOLD}, {"input": "b", "output": {**GOLD, "companies": 3}}])
+    loaded = load_records(path, DataConfig(train=path), check=t.check)
+    assert len(loaded.records) == 1
+    assert loaded.problems == [f"{path}:2: field 'companies': expected a list of strings, got 3"]
+
+
+def test_parse_tidies_harmless_slips_and_refuses_a_wrong_type_naming_the_field():
+    t = task("extract", fields=TYPED)
+    slips = {**GOLD, "email": "", "companies": ["腾讯", "腾讯", "阿里巴巴"], "signed": "2025/5/16", "name": None}
+    assert t.parse(json.dumps(slips, ensure_ascii=False), rec({})).value == {
+        **CANONICAL, "email": None, "companies": ["腾讯", "阿里巴巴"], "name": ""}
+    for field, value in [("companies", "腾讯"), ("priority", "很高"), ("amount", "300"), ("urgent", 1)]:
+        parsed = t.parse(json.dumps({**GOLD, field: value}, ensure_ascii=False), rec({}))
+        assert not parsed.ok and parsed.error.startswith(f"field '{field}': expected")
+    integer = task("extract", fields={"n": {"type": "integer"}})
+    assert integer.parse('{"n": 3}', rec({})).ok and not integer.parse('{"n": 2.5}', rec({})).ok
+
+
+def test_an_absent_optional_value_is_null_and_a_null_answer_scores_as_correct():
+    t = task("extract", fields=TYPED)
+    golds = [rec(GOLD), rec({**GOLD, "email": "li@lei.cn"})]
+    right = t.parse_all([t.answer(g) for g in golds], golds)
+    assert right[0].value["email"] is None
+    scores = t.score(right, golds)
+    assert scores["field_exact.email"] == 1.0 and scores["null_correct.email"] == 1.0
+    assert scores["null_invented"] == 0.0 and scores["record_exact"] == 1.0
+    invented = t.score([Parsed({**CANONICAL, "email": "x@y.cn"}), right[1]], golds)
+    assert invented["null_invented.email"] == 1.0 and invented["null_correct"] == 0.0
+    assert invented["field_exact.email"] == 0.5
+
+
+def test_list_fields_get_set_precision_recall_and_f1_per_field_and_over_all_items():
+    """companies: found {阿里巴巴, 腾讯, 百度} of {阿里巴巴, 腾讯, 京东}, then nothing of {美团}: tp 2, fp 1, fn 2.
+    people: found {张三} of {张三}, then {李四} of none: tp 1, fp 1, fn 0. Over both: tp 3, fp 2, fn 2."""
+    t = task("extract", fields={"companies": {"type": "list"}, "people": {"type": "list"}})
+    golds = [rec({"companies": ["阿里巴巴", "腾讯", "京东"], "people": ["张三"]}), rec({"companies": ["美团"], "people": []})]
+    parsed = [Parsed({"companies": ["阿里巴巴 ", "腾讯", "百度"], "people": ["张三"]}), Parsed({"companies": [], "people": ["李四"]})]
+    scores = t.score(parsed, golds)
+    assert scores["list_precision.companies"] == pytest.approx(2 / 3) and scores["list_recall.companies"] == 0.5
+    assert scores["list_f1.companies"] == pytest.approx(4 / 7)
+    assert scores["list_precision.people"] == 0.5 and scores["list_recall.people"] == 1.0
+    assert scores["list_f1.people"] == pytest.approx(2 / 3)
+    assert scores["list_precision"] == scores["list_recall"] == scores["list_f1"] == pytest.approx(0.6)
+    assert scores["field_exact.people"] == 0.5 and scores["field_exact.companies"] == 0.0
+    assert t.headline == "list_f1" and task("extract", fields=TYPED).headline == "field_exact"
+
+
+def test_list_items_not_in_the_input_count_as_hallucinated():
+    t = task("extract", fields={"name": "姓名", "companies": {"type": "list"}})
+    record = Record(id="1", where="f:1", input="李雷投诉了腾讯。", output={"name": "李雷", "companies": ["腾讯"]})
+    scores = t.score([Parsed({"name": "李雷", "companies": ["腾讯", "百度"]})], [record])
+    assert scores["hallucinated"] == pytest.approx(1 / 3)
+
+
+def test_choices_get_macro_f1_and_numbers_and_dates_compare_as_values():
+    t = task("extract", fields=TYPED)
+    golds = [rec({**GOLD, "priority": p}) for p in ("高", "低", "低")]
+    parsed = [Parsed({**CANONICAL, "priority": p}) for p in ("高", "高", "低")]
+    scores = t.score(parsed, golds)
+    assert scores["field_exact.priority"] == pytest.approx(2 / 3)
+    assert scores["macro_f1.priority"] == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)  # 高 2/3, 低 2/3, 中 never given
+    assert scores["field_exact.amount"] == scores["field_exact.signed"] == 1.0  # 300 is 300; 2025年5月16日 is 2025-05-16
+    assert t.score([Parsed({**CANONICAL, "amount": 300.0})], golds[:1])["field_exact.amount"] == 1.0
+    assert t.score([Parsed({**CANONICAL, "amount": 301})], golds[:1])["field_exact.amount"] == 0.0
+
+
+def test_the_teacher_is_asked_for_the_types_and_its_list_items_must_be_in_the_text():
+    t = task("extract", fields=TYPED)
+    properties = t.teacher_schema()["json_schema"]["schema"]["properties"]
+    assert properties["companies"]["type"] == "array" and properties["companies"]["items"] == {"type": "string"}
+    assert properties["email"]["type"] == ["string", "null"] and properties["priority"]["enum"] == ["低", "中", "高"]
+    assert properties["amount"]["type"] == "number" and properties["urgent"]["type"] == "boolean"
+    record = Record(id="1", where="f:1", input="我叫李雷，投诉阿里巴巴和腾讯。", output=None)
+    answer = json.dumps({**CANONICAL, "companies": ["阿里巴巴", "百度"]}, ensure_ascii=False)
+    refused = t.teacher_answer(answer, record)
+    assert not refused.ok and "'companies' = '百度' not found in the text" in refused.error
+    assert t.teacher_answer(json.dumps(CANONICAL, ensure_ascii=False), record).value == CANONICAL

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from smalltune.errors import ConfigError, validation_problems
 from smalltune.io import LONE_SURROGATE, atomic_write_text
@@ -22,11 +23,127 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+FieldType = Literal["string", "list", "choice", "integer", "number", "date", "boolean"]
+TEXT_TYPES = ("string", "list")
+"""The types whose values (a list's items) are text and may be copied from the input (`extractive`)."""
+
+
 class FieldSpec(_Strict):
-    """One output field of an extraction task."""
+    """One output field of an extraction task: its type, whether it may be null, and whether it is copied."""
 
     description: str = ""
-    extractive: bool = Field(True, description="The value is copied verbatim from the input text.")
+    type: FieldType = Field("string", description="string ('' when absent) | list (of strings, [] when none) | "
+                            "choice (one of `choices`) | integer | number | date (YYYY-MM-DD) | boolean")
+    optional: bool = Field(False, description="JSON null when absent (never a made-up value)")
+    choices: list[str] | None = Field(None, validate_default=True, description="The values of a choice field.")
+    extractive: bool | None = Field(None, validate_default=True,
+                                    description="The value (each item of a list) is copied verbatim from the input "
+                                    "text; string and list only (their default; None becomes it on validation)")
+
+    @field_validator("optional")
+    @classmethod
+    def _list_is_never_null(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("type") == "list":
+            raise ValueError("a list is [] when it has no items, never null: drop optional")
+        return value
+
+    @field_validator("choices")
+    @classmethod
+    def _choices_of_a_choice(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        kind = info.data.get("type")
+        if kind is None:
+            return value  # the type itself was refused
+        if kind != "choice":
+            if value is not None:
+                raise ValueError(f"only a choice field has choices (this one is {kind}): drop choices or set type: choice")
+            return value
+        if not value:
+            raise ValueError("a choice field needs its choices, e.g. choices: [低, 中, 高]")
+        if len(set(value)) < len(value):
+            raise ValueError(f"choices {value} name a value twice")
+        return value
+
+    @field_validator("extractive")
+    @classmethod
+    def _extractive_text_only(cls, value: bool | None, info: ValidationInfo) -> bool:
+        kind = info.data.get("type", "string")
+        if value is None:
+            return kind in TEXT_TYPES
+        if value and kind not in TEXT_TYPES:
+            raise ValueError(f"a {kind} field is not copied from the text: drop extractive (string and list only)")
+        return value
+
+
+_PROPERTY_KEYS = ("type", "description", "title", "enum", "format", "items", "extractive")
+_SCALAR_TYPES = ("string", "integer", "number", "boolean")
+
+
+def fields_from_schema(schema: object) -> dict[str, dict[str, Any]]:
+    """The `fields:` mapping a JSON Schema object stands for (flat: string, array of strings, enum of strings,
+    integer, number, string with format date, boolean; optional: not required, or null among its types).
+
+    Raises ValueError naming the schema key it cannot read.
+    """
+    if not isinstance(schema, dict) or schema.get("type", "object") != "object" \
+            or not isinstance(schema.get("properties"), dict) or not schema["properties"]:
+        raise ValueError("schema: must be a JSON Schema object with properties, e.g. "
+                         "{type: object, properties: {name: {type: string}}, required: [name]}")
+    properties, required = schema["properties"], schema.get("required", [])
+    if not isinstance(required, list) or any(name not in properties for name in required):
+        raise ValueError(f"schema.required: must list names of properties, not {required!r}")
+    return {name: _field_of(f"schema.properties.{name}", prop, name in required) for name, prop in properties.items()}
+
+
+def _field_of(key: str, prop: object, required: bool) -> dict[str, Any]:
+    """One property of a JSON Schema as a field's settings; ValueError naming `key` when it has no field type."""
+    if not isinstance(prop, dict):
+        raise ValueError(f"{key}: must be a mapping such as {{type: string}}")
+    types = prop.get("type", "string")
+    types = types if isinstance(types, list) else [types]
+    if "object" in types or "properties" in prop:
+        raise ValueError(f"{key}: nested objects are not supported: make its properties top-level ones")
+    unknown = sorted(set(prop) - set(_PROPERTY_KEYS))
+    if unknown:
+        raise ValueError(f"{key}: {unknown} not supported; a property may have {', '.join(_PROPERTY_KEYS)}")
+    kind = _field_type(key, [t for t in types if t != "null"], prop)
+    field: dict[str, Any] = {"description": prop.get("description", ""), "type": kind}
+    field.update({"extractive": prop["extractive"]} if "extractive" in prop else {})
+    if kind == "choice":
+        field["choices"] = [value for value in prop["enum"] if value is not None]
+    if not required or "null" in types or None in prop.get("enum", ()):
+        if kind == "list":
+            raise ValueError(f"{key}: an array is [] when empty, never null: list it in 'required', without null")
+        field["optional"] = True
+    return field
+
+
+def _field_type(key: str, types: list[Any], prop: dict[str, Any]) -> str:
+    """The field type of a property whose non-null JSON types are `types`; ValueError naming `key` otherwise."""
+    if "enum" in prop:
+        if types != ["string"] or not isinstance(prop["enum"], list) \
+                or not all(value is None or isinstance(value, str) for value in prop["enum"]):
+            raise ValueError(f"{key}.enum: must be a list of strings (and null), of a string property")
+        return "choice"
+    if types == ["array"]:
+        if prop.get("items") != {"type": "string"}:
+            raise ValueError(f"{key}.items: must be {{type: string}} (only arrays of strings are supported)")
+        return "list"
+    if len(types) != 1 or types[0] not in _SCALAR_TYPES or "items" in prop:
+        raise ValueError(f"{key}.type: {prop.get('type')!r} is not one of string, array (with items), integer, "
+                         "number, boolean (each with null or not)")
+    if prop.get("format", "date") != "date" or ("format" in prop and types != ["string"]):
+        raise ValueError(f"{key}.format: only format: date (of a string) is supported, not {prop['format']!r}")
+    return "date" if "format" in prop else types[0]
+
+
+def _schema_file(path: Path) -> object:
+    """The JSON Schema in a .json file; ValueError naming the `schema` key when it cannot be read."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except OSError as exc:
+        raise ValueError(f"schema: cannot read {path}: {exc.strerror}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"schema: {path} is not a JSON file: {exc}") from exc
 
 
 class DataConfig(_Strict):
@@ -181,6 +298,19 @@ class TaskConfig(_Strict):
     teacher: TeacherConfig | None = Field(None, description="For `smalltune label`: the model that labels raw texts.")
     output_dir: Path = Path("runs")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _schema_as_fields(cls, data: Any, info: ValidationInfo) -> Any:
+        """`schema:` (a JSON Schema, inline or a .json file relative to the task file) read as `fields:`."""
+        if not isinstance(data, dict) or "schema" not in data:
+            return data
+        if "fields" in data:
+            raise ValueError("give the fields as 'fields' or as 'schema', not both")
+        schema = data["schema"]
+        if isinstance(schema, str):
+            schema = _schema_file(Path((info.context or {}).get("base", ".")) / schema)
+        return {**{k: v for k, v in data.items() if k != "schema"}, "fields": fields_from_schema(schema)}
+
     @field_validator("fields", mode="before")
     @classmethod
     def _field_shorthand(cls, value: object) -> object:
@@ -283,7 +413,7 @@ def load_config(path: str | Path) -> TaskConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the task file must be a mapping of keys to values")
     try:
-        config = TaskConfig.model_validate(raw)
+        config = TaskConfig.model_validate(raw, context={"base": path.parent})
     except ValidationError as exc:
         problems = "\n".join(f"  {line}" for line in validation_problems(exc.errors()))
         raise ConfigError(f"{path}: invalid task file:\n{problems}") from exc

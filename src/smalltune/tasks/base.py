@@ -73,7 +73,8 @@ def user_text(instruction: str, text: str) -> str:
 class TaskKind:
     """Base class of the task kinds; one instance serves one task file."""
 
-    headline: ClassVar[str]  # the metric that picks the best checkpoint and leads the report
+    headline: str  # the metric that picks the best checkpoint and leads the report (a property where it depends
+    # on the task file: extract's)
     endpoint: ClassVar[str | None] = None  # serve's own route for the kind (under /v1), e.g. "/extract"
     result_key: ClassVar[str] = "result"  # the key of the parsed answer in that route's response
     takes_candidates: ClassVar[bool] = False  # whether a request may bring its own label choices

@@ -1,22 +1,26 @@
-"""extract: text in, one JSON object with exactly the declared fields out."""
+"""extract: text in, one JSON object with exactly the declared fields out, each value of its field's type."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
-from smalltune.config import TaskConfig
+from smalltune.config import FieldSpec, TaskConfig
 from smalltune.data.records import Record
+from smalltune.tasks import fields as typed
 from smalltune.tasks.base import Parsed, ReportBars, TaskKind, parse_errors
 from smalltune.tasks.grammar import extract_grammar
-from smalltune.tasks.metrics import char_f1
+from smalltune.tasks.metrics import char_f1, label_counts, set_scores
 from smalltune.tasks.text import normalise
 
 
 class ExtractTask(TaskKind):
-    """Text in, one JSON object with exactly the declared fields out (each a string; '' when absent)."""
+    """Text in, one JSON object with exactly the declared fields out, each of its type (`tasks.fields`): a string
+    ('' when absent), a list of strings ([] when none), one of the choices, a number, a date, a boolean; an
+    optional field is null when absent."""
 
-    headline = "field_exact"
     endpoint = "/extract"
     result_key = "result"
     example = """instruction: 从下面的客户投诉中抽取投诉人的信息。
@@ -26,47 +30,73 @@ fields:                          # extract: field name -> description (extractiv
   address: 投诉人地址
   email: 投诉人邮箱
   question: 投诉的内容，原文照录（含结尾标点）
+  # typed fields: {type: string | list | choice | integer | number | date | boolean, optional: true for null}
+  # companies: {description: 提到的公司, type: list}
+  # priority: {type: choice, choices: [低, 中, 高]}
 """
 
     @classmethod
     def config_problem(cls, config: TaskConfig) -> str | None:
-        return None if config.fields else "kind 'extract' needs 'fields' (name: description)"
+        return None if config.fields else "kind 'extract' needs 'fields' (name: description) or 'schema' (a JSON Schema)"
+
+    @property
+    def headline(self) -> str:
+        """`list_f1` (items found, micro-averaged) when every field is a list, else `field_exact`."""
+        return "list_f1" if all(spec.type == "list" for spec in self._specs.values()) else "field_exact"
+
+    @property
+    def _specs(self) -> dict[str, FieldSpec]:
+        return self.config.fields
 
     def default_instruction(self, record: Record) -> str:
-        lines = [f"- {name}：{spec.description}" if spec.description else f"- {name}" for name, spec in self.config.fields.items()]
+        """The task's instruction (or a generic one), then one line per field: its name, description and what a
+        value of its type looks like (`tasks.fields.hint`)."""
+        lines = [_field_line(name, spec) for name, spec in self._specs.items()]
         head = self.config.instruction or "从下面的文本中抽取信息。"
-        return f"{head}\n只输出一个 JSON 对象，字段如下（没有的填空字符串）：\n" + "\n".join(lines)
+        blank = "（没有的填空字符串）" if any(s.type == "string" and not s.optional for s in self._specs.values()) else ""
+        return f"{head}\n只输出一个 JSON 对象，字段如下{blank}：\n" + "\n".join(lines)
 
-    def _gold(self, record: Record) -> dict[str, str]:
+    def _gold(self, record: Record) -> dict[str, Any]:
         output = record.output
         return json.loads(output) if isinstance(output, str) else dict(output or {})
 
     def answer(self, record: Record) -> str:
-        """The canonical serialisation: declared field order, UTF-8, no code fence."""
+        """The canonical serialisation: declared field order, UTF-8, dates as YYYY-MM-DD, no code fence."""
         gold = self._gold(record)
-        return json.dumps({name: gold[name] for name in self.config.fields}, ensure_ascii=False)
+        return json.dumps({name: typed.canonical(spec, gold[name]) for name, spec in self._specs.items()},
+                          ensure_ascii=False)
 
     def grammar(self, record: Record, grounded: bool) -> str:
-        """The canonical answer object; with `grounded`, extractive values spelled from the record's input only."""
-        fields = {name: spec.extractive for name, spec in self.config.fields.items()}
-        return extract_grammar(fields, record.input if grounded else None)
+        """The canonical answer object; with `grounded`, extractive values (and list items) spelled from the
+        record's input only."""
+        return extract_grammar(self._specs, record.input if grounded else None)
 
     def check(self, record: Record) -> str | None:
+        """Why the output is no training answer: not an object, other fields than the task's, or a value that is
+        not of its field's type or not canonical (`tasks.fields.data_problem`): "field 'x': expected ..."."""
         try:
             gold = self._gold(record)
         except json.JSONDecodeError as exc:
             return f"'output' is not a JSON object: {exc.msg}"
         if not isinstance(gold, dict):
             return "'output' must be a JSON object with the task's fields"
-        missing = [f for f in self.config.fields if f not in gold]
-        extra = [f for f in gold if f not in self.config.fields]
+        missing = [f for f in self._specs if f not in gold]
+        extra = [f for f in gold if f not in self._specs]
         if missing or extra:
             return f"'output' fields differ from the task's: missing {missing}, unexpected {extra}"
-        bad = [f for f, v in gold.items() if not isinstance(v, str)]
-        return f"'output' field(s) {bad} must be strings" if bad else None
+        return self._first_problem(gold, typed.data_problem)
+
+    def _first_problem(self, value: dict[str, Any], problem_of: Callable[[FieldSpec, Any], str | None]) -> str | None:
+        """The first declared field whose value `problem_of(spec, value)` finds fault with, as "field 'x': ..."."""
+        for name, spec in self._specs.items():
+            if name in value and (problem := problem_of(spec, value[name])):
+                return f"field '{name}': {problem}"
+        return None
 
     def parse(self, text: str, record: Record) -> Parsed:
-        """Read the first JSON object in the answer (code fences and chatter around it are tolerated)."""
+        """Read the first JSON object in the answer (code fences and chatter around it are tolerated), tidy its
+        values (`tasks.fields.tidied`: a list's repeated items dropped, '' of an optional field as null, dates as
+        YYYY-MM-DD), then check each declared field's type; fields left out or added are scored, not refused."""
         start = text.find("{")
         if start < 0:
             return Parsed(None, "no JSON object in the answer")
@@ -78,95 +108,147 @@ fields:                          # extract: field name -> description (extractiv
             return Parsed(None, "invalid JSON: nested too deeply")
         if not isinstance(value, dict):
             return Parsed(None, "the JSON is not an object")
-        return Parsed(value)
+        value = {k: typed.tidied(self._specs[k], v) if k in self._specs else v for k, v in value.items()}
+        problem = self._first_problem(value, typed.value_problem)
+        return Parsed(None, problem) if problem else Parsed(value)
 
-    def _predicted(self, result: Parsed, field: str) -> str:
-        """The answer's value for a field as text ('' when absent or null)."""
-        value = result.value.get(field)
-        return "" if value is None else str(value)
+    def _predicted(self, result: Parsed, field: str) -> Any:
+        """The answer's value for a field (`tasks.fields.absent` when left out)."""
+        return result.value.get(field, typed.absent(self._specs[field]))
 
-    def _hits(self, result: Parsed, record: Record) -> dict[str, bool]:
-        """Per field: does the answer's value equal the reference after `normalise`?"""
-        gold = self._gold(record)
-        return {f: normalise(self._predicted(result, f)) == normalise(gold[f]) for f in self.config.fields}
+    def _hits(self, result: Parsed, gold: dict[str, Any]) -> dict[str, bool]:
+        """Per field: does the answer's value equal the reference (`tasks.fields.same`)?"""
+        return {f: typed.same(spec, self._predicted(result, f), typed.canonical(spec, gold[f]))
+                for f, spec in self._specs.items()}
 
-    def _extractive(self) -> list[str]:
-        return [f for f, spec in self.config.fields.items() if spec.extractive]
-
-    def _made_up(self, result: Parsed, record: Record) -> list[str]:
-        """Extractive fields whose predicted value (non-empty) does not occur in the input."""
+    def _made_up(self, result: Parsed, record: Record) -> list[tuple[str, str]]:
+        """(field, text) of each extractive value or list item (non-empty) that does not occur in the input."""
         text = normalise(record.input)
-        return [f for f in self._extractive() if (value := normalise(self._predicted(result, f))) and value not in text]
+        return [(f, item) for f, item in self._copied(result) if normalise(item) not in text]
+
+    def _copied(self, result: Parsed) -> list[tuple[str, str]]:
+        """(field, text) of each non-empty extractive value and list item of the answer."""
+        return [(f, item) for f, spec in self._specs.items() if spec.extractive
+                for item in typed.items(spec, self._predicted(result, f))]
 
     def score(self, parsed: list[Parsed], records: list[Record]) -> dict[str, float]:
-        """JSON validity, schema conformance, per-field exact match and character F1, whole-record exact match,
-        and `hallucinated`: the share of non-empty extractive values that do not occur in the input."""
-        n = max(len(records), 1)
-        fields = list(self.config.fields)
-        exact_hits, f1_sums = dict.fromkeys(fields, 0), dict.fromkeys(fields, 0.0)
-        whole = valid = schema = given = made_up = 0
-        for result, record in zip(parsed, records, strict=True):
-            if not result.ok:
-                continue
-            valid += 1
-            schema += set(result.value) == set(fields)
-            gold = self._gold(record)
-            hits = self._hits(result, record)
-            for field in fields:
-                exact_hits[field] += hits[field]
-                f1_sums[field] += char_f1(self._predicted(result, field), gold[field])
-            whole += all(hits.values())
-            given += sum(bool(normalise(self._predicted(result, f))) for f in self._extractive())
-            made_up += len(self._made_up(result, record))
-        metrics = {"json_valid": valid / n, "schema_ok": schema / n, "record_exact": whole / n}
-        metrics["field_exact"] = sum(exact_hits.values()) / (n * len(fields))
-        metrics["field_f1"] = sum(f1_sums.values()) / (n * len(fields))
-        metrics["hallucinated"] = made_up / given if given else 0.0
-        metrics.update({f"field_exact.{f}": hits / n for f, hits in exact_hits.items()})
-        metrics.update({f"field_f1.{f}": total / n for f, total in f1_sums.items()})
+        """`json_valid` (a JSON object of the declared types), `schema_ok` (exactly the declared fields),
+        `record_exact`, `field_exact` and `field_exact.<f>` (`tasks.fields.same`), character F1 of string fields
+        (`field_f1`, `field_f1.<f>`), `hallucinated` (the share of non-empty extractive values and list items not
+        in the input); list fields: `list_precision`, `list_recall` and `list_f1` of their items, micro-averaged
+        over all list fields and per field (`list_f1.<f>` ...); optional fields: `null_correct` (reference null,
+        answered null) and `null_invented` (reference null, answered a value), overall and per field; choice
+        fields: `macro_f1.<f>` (their accuracy is `field_exact.<f>`)."""
+        n, fields = max(len(records), 1), list(self._specs)
+        golds = [self._gold(record) for record in records]
+        answers = [result if result.ok else None for result in parsed]
+        hits = [self._hits(result, gold) for result, gold in zip(answers, golds, strict=True) if result]
+        given = sum(len(self._copied(result)) for result in answers if result)
+        made_up = sum(len(self._made_up(result, record)) for result, record in zip(answers, records) if result)
+        f1 = self._string_f1(answers, golds)
+        metrics = {"json_valid": len(hits) / n,
+                   "schema_ok": sum(set(result.value) == set(fields) for result in answers if result) / n,
+                   "record_exact": sum(all(h.values()) for h in hits) / n,
+                   "field_exact": sum(sum(h.values()) for h in hits) / (n * len(fields)),
+                   **({"field_f1": sum(f1.values()) / len(f1)} if f1 else {}),
+                   "hallucinated": made_up / given if given else 0.0}
+        metrics.update({f"field_exact.{f}": sum(h[f] for h in hits) / n for f in fields})
+        metrics.update({f"field_f1.{f}": value for f, value in f1.items()})
+        for scores in (self._list_scores, self._null_scores, self._choice_scores):
+            metrics.update(scores(answers, golds))
+        return metrics
+
+    def _values(self, answers: list[Parsed | None], field: str) -> list[Any]:
+        """Each answer's value for a field; the field's absent value for an unreadable answer (None)."""
+        absent = typed.absent(self._specs[field])
+        return [self._predicted(result, field) if result else absent for result in answers]
+
+    def _string_f1(self, answers: list[Parsed | None], golds: list[dict[str, Any]]) -> dict[str, float]:
+        """Per string field: the mean character F1 of its values (an unreadable answer scores 0)."""
+        n = max(len(golds), 1)
+        return {f: sum(char_f1(value or "", gold[f] or "") for value, gold, result
+                       in zip(self._values(answers, f), golds, answers) if result) / n
+                for f, spec in self._specs.items() if spec.type == "string"}
+
+    def _list_scores(self, answers: list[Parsed | None], golds: list[dict[str, Any]]) -> dict[str, float]:
+        """Set precision, recall and F1 of the list fields' items (after `normalise`), per field and micro-averaged
+        over all of them; an unreadable answer finds no items."""
+        lists = [f for f, spec in self._specs.items() if spec.type == "list"]
+        totals, metrics = Counter(), {}
+        for field in lists:
+            counts = Counter()
+            for value, gold in zip(self._values(answers, field), golds):
+                found, wanted = typed.item_set(value), typed.item_set(gold[field])
+                counts.update(tp=len(found & wanted), fp=len(found - wanted), fn=len(wanted - found))
+            totals.update(counts)
+            metrics.update({f"{name}.{field}": value for name, value in set_scores(**counts).items()})
+        return {**set_scores(**totals), **metrics} if lists else {}
+
+    def _null_scores(self, answers: list[Parsed | None], golds: list[dict[str, Any]]) -> dict[str, float]:
+        """Of the records whose reference is null in an optional field: the share answered null (`null_correct`)
+        and the share answered a value (`null_invented`); per field and over all optional fields (1 and 0 when no
+        reference is null). An unreadable answer is neither."""
+        optional = [f for f, spec in self._specs.items() if spec.optional]
+        totals, metrics = Counter(), {}
+        for field in optional:
+            counts = Counter()
+            for result, value, gold in zip(answers, self._values(answers, field), golds):
+                if gold[field] is None:
+                    counts.update(nulls=1, correct=bool(result) and value is None, invented=value is not None)
+            totals.update(counts)
+            metrics.update(_null_shares(counts, f".{field}"))
+        return {**_null_shares(totals, ""), **metrics} if optional else {}
+
+    def _choice_scores(self, answers: list[Parsed | None], golds: list[dict[str, Any]]) -> dict[str, float]:
+        """Macro-F1 over its choices per choice field (its accuracy is `field_exact.<field>`)."""
+        metrics = {}
+        for field, spec in self._specs.items():
+            if spec.type == "choice":
+                values, wanted = self._values(answers, field), [gold[field] for gold in golds]
+                f1s = [label_counts(values, wanted, choice)["f1"] for choice in spec.choices or ()]
+                metrics[f"macro_f1.{field}"] = sum(f1s) / len(f1s)
         return metrics
 
     def details(self, parsed: list[Parsed], records: list[Record]) -> dict[str, Any]:
         """The fields, parse errors by reason and the made-up values (record id, field, value), the first 50."""
         made_up = [
-            {"id": record.id, "field": field, "value": self._predicted(result, field)}
+            {"id": record.id, "field": field, "value": value}
             for result, record in zip(parsed, records, strict=True) if result.ok
-            for field in self._made_up(result, record)
+            for field, value in self._made_up(result, record)
         ]
-        return {"fields": list(self.config.fields), "parse_errors": parse_errors(parsed),
-                "hallucinated_values": made_up[:50]}
+        return {"fields": list(self._specs), "parse_errors": parse_errors(parsed), "hallucinated_values": made_up[:50]}
 
     def record_score(self, parsed: Parsed, record: Record) -> float:
         """The share of fields answered exactly (0 for an unreadable answer)."""
         if not parsed.ok:
             return 0.0
-        hits = self._hits(parsed, record)
+        hits = self._hits(parsed, self._gold(record))
         return sum(hits.values()) / len(hits)
 
     def teacher_messages(self, record: Record) -> list[dict[str, str]]:
         """The student's messages; when the user turn does not name every field, the field list is added."""
         messages = self.messages(record)
-        if any(name not in messages[-1]["content"] for name in self.config.fields):
+        if any(name not in messages[-1]["content"] for name in self._specs):
             messages[-1] = {**messages[-1], "content": f"{messages[-1]['content']}\n\n{self.default_instruction(record)}"}
         return messages
 
     def teacher_schema(self) -> dict:
-        """Exactly the task's fields, as strings."""
-        properties = {name: {"type": "string", "description": spec.description} for name, spec in self.config.fields.items()}
-        schema = {"type": "object", "properties": properties, "required": list(self.config.fields),
+        """Exactly the task's fields, each of its type (`tasks.fields.json_schema`)."""
+        properties = {name: typed.json_schema(spec) for name, spec in self._specs.items()}
+        schema = {"type": "object", "properties": properties, "required": list(self._specs),
                   "additionalProperties": False}
         return {"type": "json_schema", "json_schema": {"name": "fields", "strict": True, "schema": schema}}
 
     def teacher_answer(self, text: str, record: Record) -> Parsed:
-        """Checked as training data, then grounded: each extractive value must occur verbatim in the text (not
-        merely equal after normalising: grounded constrained decoding can only copy exact text)."""
+        """Parsed, checked as training data, then grounded: each extractive value and list item must occur verbatim
+        in the text (not merely equal after normalising: grounded constrained decoding can only copy exact text)."""
         parsed = super().teacher_answer(text, record)
         if not parsed.ok:
             return parsed
-        value = {name: parsed.value[name] for name in self.config.fields}
-        ungrounded = [name for name in self._extractive() if value[name] and value[name] not in record.input]
+        value = {name: parsed.value[name] for name in self._specs}
+        ungrounded = [(name, item) for name, item in self._copied(parsed) if item not in record.input]
         if ungrounded:
-            listed = ", ".join(f"'{name}' = {value[name]!r}" for name in ungrounded)
+            listed = ", ".join(f"'{name}' = {item!r}" for name, item in ungrounded)
             return Parsed(None, f"{listed} not found in the text; copy values verbatim from the text or leave them empty")
         return Parsed(value)
 
@@ -175,3 +257,17 @@ fields:                          # extract: field name -> description (extractiv
         fields = next(iter(summary["systems"].values()))["details"]["fields"]
         return ReportBars("exact match per field", fields, {
             name: [s["metrics"][f"field_exact.{f}"] for f in fields] for name, s in summary["systems"].items()})
+
+
+def _null_shares(counts: Counter, suffix: str) -> dict[str, float]:
+    """`null_correct` and `null_invented` (with `suffix`) from the counts of null references, null answers to them
+    and values answered to them."""
+    nulls = counts["nulls"]
+    return {f"null_correct{suffix}": counts["correct"] / nulls if nulls else 1.0,
+            f"null_invented{suffix}": counts["invented"] / nulls if nulls else 0.0}
+
+
+def _field_line(name: str, spec: FieldSpec) -> str:
+    """A field as the prompt lists it: '- name：description，hint' ('- name' when it has neither)."""
+    about = "，".join(filter(None, [spec.description, typed.hint(spec)]))
+    return f"- {name}：{about}" if about else f"- {name}"

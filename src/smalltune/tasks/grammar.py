@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import NamedTuple
 
+from smalltune.config import FieldSpec
 from smalltune.errors import InputError
 
 MAX_GROUNDED_CHARS = 16_000
 """The longest text a grounded grammar copies from: about 4,096 tokens of English (6,000 of Chinese text fit
 4,096 tokens). Past it the grammar's size and compile time would be the request's to choose."""
-
-_JSON_STRING = r'''"\"" char* "\""
-char ::= [^"\\\x00-\x1f] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'''
-
 
 _ESCAPED = re.compile(r'["\\\x00-\x1f\x7f-\x9f]')
 """What an EBNF literal cannot hold as itself: quotes, backslashes, control characters (a raw newline or NUL
@@ -99,9 +97,10 @@ def substring_automaton(text: str) -> Automaton:
     return Automaton(transitions, may_end)
 
 
-def substring_rules(text: str, prefix: str) -> str:
+def substring_rules(text: str, prefix: str, nonempty: bool = False) -> str:
     """EBNF rules `<prefix>0 ...` matching the substrings of `text` that may end a value (`substring_automaton`),
-    JSON-escaped, the empty one included.
+    JSON-escaped, the empty one included; with `nonempty` (and a non-empty `text`) also `<prefix>n`: the same
+    substrings less the empty one.
 
     Raises InputError when `text` is longer than MAX_GROUNDED_CHARS.
     """
@@ -113,23 +112,93 @@ def substring_rules(text: str, prefix: str) -> str:
     automaton = substring_automaton(text)
     for state, moves in enumerate(automaton.transitions):
         options = [f"{ebnf_literal(_json_escaped(c))} {prefix}{target}" for c, target in moves.items()]
+        if state == 0 and nonempty and options:
+            rules.append(f"{prefix}n ::= " + " | ".join(options))
         if automaton.may_end[state]:
             options.append('""')
         rules.append(f"{prefix}{state} ::= " + " | ".join(options))
     return "\n".join(rules)
 
 
-def extract_grammar(fields: dict[str, bool], text: str | None) -> str:
-    """EBNF of the canonical answer object; `fields` maps each name to whether its value is grounded in `text`."""
-    parts, grounded = [], text is not None and any(fields.values())
-    for i, (name, extractive) in enumerate(fields.items()):
-        key = ebnf_literal(("" if i == 0 else ", ") + json.dumps(name, ensure_ascii=False) + ": ")
-        value = '"\\"" s0 "\\""' if extractive and grounded else "string"
-        parts.append(f"{key} {value}")
-    root = 'root ::= "{" ' + " ".join(parts) + ' "}"'
-    rules = [root, "string ::= " + _JSON_STRING]
+_CHAR = r'''char ::= [^"\\\x00-\x1f] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'''
+_DATE = (r'date ::= "\"" [0-9] [0-9] [0-9] [0-9] "-" ("0" [1-9] | "1" [0-2]) "-" ("0" [1-9] | [12] [0-9] | "3" [01])'
+         r' "\""')
+_HELPERS = {  # name -> (its rule, the helpers it names)
+    "string": (r'string ::= "\"" char* "\""', ("char",)),
+    "text": (r'text ::= "\"" char+ "\""', ("char",)),  # a non-empty string
+    "char": (_CHAR, ()),
+    "integer": ('integer ::= "-"? ("0" | [1-9] [0-9]*)', ()),
+    "number": ('number ::= integer ("." [0-9]+)? ([eE] [-+]? [0-9]+)?', ("integer",)),
+    "date": (_DATE, ()),
+}
+_COPIED, _COPIED_SOME = r'"\"" s0 "\""', r'"\"" sn "\""'  # a grounded string; a grounded non-empty one
+
+
+class _Value(NamedTuple):
+    """One field's value in EBNF, the helper rules it names, and whether it copies through `sn` (non-empty)."""
+
+    ebnf: str
+    helpers: tuple[str, ...] = ()
+    copies_some: bool = False
+
+
+def _some_text(copied: bool, can_copy: bool) -> _Value | None:
+    """A non-empty string (a list item, an optional string's value): copied when `copied`, None when it must be
+    copied and the grounding text is empty."""
+    if not copied:
+        return _Value("text", ("text",))
+    return _Value(_COPIED_SOME, copies_some=True) if can_copy else None
+
+
+def _text_value(spec: FieldSpec, copied: bool, can_copy: bool) -> _Value:
+    """A string or list field's value (without its null)."""
+    some = _some_text(copied, can_copy)
+    if spec.type == "list":
+        if some is None:
+            return _Value('"[]"')
+        return _Value(f'"[" ({some.ebnf} (", " {some.ebnf})*)? "]"', some.helpers, some.copies_some)
+    if spec.optional:
+        return some or _Value('"null"')
+    return _Value(_COPIED) if copied else _Value("string", ("string",))
+
+
+def _field_value(spec: FieldSpec, copied: bool, can_copy: bool) -> _Value:
+    """One field's value as `json.dumps(..., ensure_ascii=False)` writes it (or null, when optional); `copied`:
+    spelled from the grounding text, which is not empty when `can_copy`."""
+    if spec.type in ("string", "list"):
+        value = _text_value(spec, copied, can_copy)
+    elif spec.type == "choice":
+        value = _Value(" | ".join(ebnf_literal(json.dumps(c, ensure_ascii=False)) for c in spec.choices or ()))
+    elif spec.type == "boolean":
+        value = _Value('"true" | "false"')
+    else:
+        value = _Value(spec.type, (spec.type,))
+    return value._replace(ebnf=f'({value.ebnf} | "null")' if spec.optional else f"({value.ebnf})")
+
+
+def _helper_rules(names: set[str]) -> list[str]:
+    """The helper rules named and those they name, each once, in `_HELPERS` order."""
+    needed, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo += _HELPERS[name][1]
+    return [rule for name, (rule, _) in _HELPERS.items() if name in needed]
+
+
+def extract_grammar(fields: Mapping[str, FieldSpec], text: str | None) -> str:
+    """EBNF of the canonical answer object: the declared fields in order, each value of its type; with a
+    grounding `text`, extractive values (a list's items) are spelled from it, all through one set of substring
+    rules."""
+    grounded = text is not None and any(spec.extractive for spec in fields.values())
+    values = [_field_value(spec, grounded and bool(spec.extractive), bool(text)) for spec in fields.values()]
+    keys = [ebnf_literal(("" if i == 0 else ", ") + json.dumps(name, ensure_ascii=False) + ": ")
+            for i, name in enumerate(fields)]
+    rules = ['root ::= "{" ' + " ".join(f"{key} {value.ebnf}" for key, value in zip(keys, values)) + ' "}"']
+    rules += _helper_rules({helper for value in values for helper in value.helpers})
     if grounded:
-        rules.append(substring_rules(text, "s"))
+        rules.append(substring_rules(text, "s", nonempty=any(value.copies_some for value in values)))
     return "\n".join(rules)
 
 

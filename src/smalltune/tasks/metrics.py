@@ -1,5 +1,5 @@
-"""Scores shared by the task kinds: character F1 and ROUGE-L for Chinese spans, label counts, length statistics,
-calibration."""
+"""Scores shared by the task kinds: character F1 and ROUGE-L for Chinese spans, label counts, set precision and
+recall, length statistics, calibration."""
 
 from __future__ import annotations
 
@@ -80,6 +80,13 @@ def label_counts(preds: list[Any], golds: list[Any], label: str) -> dict[str, fl
         "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
         "support": tp + fn,
     }
+
+
+def set_scores(tp: int = 0, fp: int = 0, fn: int = 0) -> dict[str, float]:
+    """`list_precision`, `list_recall` and `list_f1` from counts of items found (tp), found wrongly (fp) and missed
+    (fn); each is 1 where there was nothing to get wrong (no items answered, none to find, or neither)."""
+    return {"list_precision": tp / (tp + fp) if tp + fp else 1.0, "list_recall": tp / (tp + fn) if tp + fn else 1.0,
+            "list_f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0}
 
 
 def calibration(confidences: list[float], correct: list[bool], bins: int = 10) -> dict[str, Any]:
