@@ -6,7 +6,7 @@ is measured on the same held-out sentences. Then it reads each run's metrics.jso
 train_summary.json) and prints one table: N, training minutes, and the held-out micro-F1 of the fine-tuned model,
 the untuned model zero-shot and few-shot, and the CRF baseline.
 
-    python benchmarks/entities_curve.py                          # N = 250, 500, 1000, 2000
+    python benchmarks/entities_curve.py                          # N = 250, 500, 1000, 2000: about 4 h (2-core CPU)
     python benchmarks/entities_curve.py --sizes 250 500 1000 2000 4000
     python benchmarks/entities_curve.py --table-only             # print the table of the runs already there
 """
