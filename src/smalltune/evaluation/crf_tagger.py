@@ -52,6 +52,11 @@ def char_features(text: str, i: int) -> dict[str, str]:
     return features | {f"k{offset}": char_class(window[offset]) for offset in (-1, 0, 1)}
 
 
+def text_features(text: str) -> list[dict[str, str]]:
+    """Every character's features, in order."""
+    return [char_features(text, i) for i in range(len(text))]
+
+
 def entity_spans(text: str, entities: dict[str, list[str]]) -> list[Span]:
     """Every occurrence of every entity string in the text, longer strings first, none overlapping one taken."""
     found = sorted(((entity, field) for field, strings in entities.items() for entity in strings if entity),
@@ -120,11 +125,6 @@ class CharCrf:
         """Per text, every field's distinct tagged strings in order of appearance."""
         tags = self.model.predict([text_features(text) for text in texts])
         return [span_entities(text, tagged_spans(list(t)), self.fields) for text, t in zip(texts, tags)]
-
-
-def text_features(text: str) -> list[dict[str, str]]:
-    """Every character's features, in order."""
-    return [char_features(text, i) for i in range(len(text))]
 
 
 class CrfTagger(Baseline):
