@@ -69,4 +69,5 @@ BASELINES = Registry("baseline", "eval.baselines", {
     "trafilatura": "smalltune.evaluation.baselines:Trafilatura",
     "gne": "smalltune.evaluation.baselines:Gne",
     "complaint-rules": "smalltune.evaluation.baselines:ComplaintRules",
+    "crf-tagger": "smalltune.evaluation.crf_tagger:CrfTagger",
 })

@@ -2,7 +2,8 @@
 
 A recipe's task file is package data (smalltune/recipes/<name>.yaml, also linked from examples/<name>/).
 Its data comes from a writer in `recipes.synth`: a generator (complaints, policy-pages) or a public data set
-read from the shared data folder (news-classify: TNEWS, role-play: huanhuan), which is never copied into the project.
+read from the shared data folder (news-classify: TNEWS, role-play: huanhuan, entities: CLUENER2020), which is never
+copied into the project.
 A recipe may also measure the fine-tuned model on other test files its writer makes (news-classify: the same
 headlines among a few candidates each; complaints: the hand-written challenge set shipped in `recipes/challenge/`),
 and quote published results on its benchmark beside its own. With several seeds the demo trains once per seed on the
@@ -23,6 +24,7 @@ from smalltune.config import TaskConfig, load_config
 from smalltune.errors import ConfigError
 from smalltune.evaluation.evaluate import SystemResult, evaluate_run
 from smalltune.io import atomic_write_json, atomic_write_text
+from smalltune.recipes.synth.cluener import write_entities
 from smalltune.recipes.synth.complaints import write_complaints
 from smalltune.recipes.synth.huanhuan import write_role_play
 from smalltune.recipes.synth.policy_pages import write_pages
@@ -66,6 +68,13 @@ class Published:
 FEWCLUE_TNEWS = Published(
     "FewCLUE (Xu et al. 2021, arXiv:2107.07498), TNEWS few-shot, quoted", "accuracy",
     {"RoBERTa fine-tuning": 0.49, "PET": 0.545, "P-tuning": 0.559, "best FewCLUE result": 0.564, "human": 0.71},
+)
+
+CLUENER2020 = Published(
+    "CLUENER2020 (Xu et al. 2020, arXiv:2001.04351), entity-level micro F1 on its test split (the reproduction: on "
+    "the validation split), quoted", "micro_f1",
+    {"BiLSTM-CRF": 0.70, "BERT-base": 0.79, "RoBERTa-wwm-ext-large": 0.80, "human": 0.63,
+     "RoBERTa-wwm-ext-large + BiLSTM + CRF (hemingkx/CLUENER2020 reproduction)": 0.796},
 )
 
 
@@ -112,6 +121,8 @@ RECIPES: dict[str, Recipe] = {
                (OtherTest("few candidates (3-6 per headline)", FEW_CANDIDATES_FILE),),
                FEWCLUE_TNEWS),
         Recipe("role-play", "a line to 甄嬛 -> her reply", write_role_play, 600, 100, 17, True),
+        Recipe("entities", "news sentence -> its entities of 10 types, a list each (CLUENER2020)",
+               write_entities, 2000, 500, 95, False, published=CLUENER2020),
     )
 }
 
