@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from smalltune.config import FieldSpec
-
 # property tests draw the same examples on every run: a failure in CI is one a developer can reproduce
 settings.register_profile("smalltune", derandomize=True)
 settings.load_profile("smalltune")
@@ -20,8 +18,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-# a task file with `type: list` fields (the entities recipe) loads once typed extraction fields have landed
-needs_typed_fields = pytest.mark.skipif("type" not in FieldSpec.model_fields, reason="FieldSpec has no `type` yet")
 
 
 @pytest.fixture(scope="session")

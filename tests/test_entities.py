@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_DATA, needs_typed_fields
+from conftest import SHARED_DATA
 from smalltune.config import load_config
 from smalltune.data.records import load_splits
 from smalltune.errors import ConfigError, DataError
@@ -97,7 +97,6 @@ def test_the_crf_beats_an_empty_answer_on_held_out_sentences(tmp_path):
     assert micro_f1(answers, golds) > 0.2  # measured 0.29 on these 500 sentences
 
 
-@needs_typed_fields
 @needs_cluener
 def test_the_crf_tagger_baseline_answers_the_recipe_json(tmp_path):
     config = load_config(prepare_recipe("entities", tmp_path, n_train=300, n_test=50, log=lambda _: None))
@@ -111,7 +110,6 @@ def test_the_crf_tagger_baseline_answers_the_recipe_json(tmp_path):
     assert all(p.ok and list(p.value) == list(ENTITY_TYPES) for p in parsed)
 
 
-@needs_typed_fields
 def test_the_crf_tagger_refuses_fields_that_are_not_lists():
     with pytest.raises(ConfigError, match=r"crf-tagger tags entity lists, and fields \['name', 'address', 'email', "
                                           r"'question'\] are not `type: list`"):

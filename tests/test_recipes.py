@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import SHARED_DATA, needs_typed_fields
+from conftest import SHARED_DATA
 from smalltune.evaluation.baselines import build_baseline
 from smalltune.cli import app
 from smalltune.config import load_config
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 needs_shared_data = pytest.mark.skipif(not (SHARED_DATA / "tnews").is_dir(), reason="shared/data is not beside the repo")
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=needs_typed_fields) if n == "entities" else n for n in RECIPES])
+@pytest.mark.parametrize("name", list(RECIPES))
 def test_each_recipe_has_a_task_file_and_an_example_linked_to_it(name):
     recipe = RECIPES[name]
     assert recipe.config().name == name

@@ -72,7 +72,7 @@ FEWCLUE_TNEWS = Published(
 
 CLUENER2020 = Published(
     "CLUENER2020 (Xu et al. 2020, arXiv:2001.04351), entity-level micro F1 on its test split (the reproduction: on "
-    "the validation split), quoted", "micro_f1",
+    "the validation split), quoted", "list_f1",
     {"BiLSTM-CRF": 0.70, "BERT-base": 0.79, "RoBERTa-wwm-ext-large": 0.80, "human": 0.63,
      "RoBERTa-wwm-ext-large + BiLSTM + CRF (hemingkx/CLUENER2020 reproduction)": 0.796},
 )
