@@ -23,7 +23,7 @@ import yaml
 from smalltune.config import TaskConfig, load_config
 from smalltune.errors import ConfigError
 from smalltune.evaluation.evaluate import SystemResult, evaluate_run
-from smalltune.io import atomic_write_json, atomic_write_text
+from smalltune.io import atomic_write_json, atomic_write_text, read_jsonl
 from smalltune.recipes.synth.cluener import write_entities
 from smalltune.recipes.synth.complaints import write_complaints
 from smalltune.recipes.synth.huanhuan import write_role_play
@@ -217,8 +217,8 @@ def records_to_answer(recipe: str, work_dir: Path, n_test: int, seeds: int) -> i
     untuned_passes = 2 if chosen.config().eval.few_shot else 1
     total = n_test * (untuned_passes + seeds)
     for other in chosen.other_tests:
-        lines = (Path(work_dir) / "data" / other.file).read_text(encoding="utf-8").splitlines()
-        total += sum(bool(line.strip()) for line in lines) * (seeds + (untuned_passes if other.untuned else 0))
+        records = len(read_jsonl(Path(work_dir) / "data" / other.file))
+        total += records * (seeds + (untuned_passes if other.untuned else 0))
     return total
 
 
