@@ -20,6 +20,17 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one CPU thread in this process for the test, as the subprocesses it compares with run."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def default_model_dir() -> str:
     """The offline default model (Qwen2.5-Coder-0.5B-Instruct), converted from its GGUF parts once."""

@@ -39,14 +39,6 @@ KILLS = 3
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def cli(*args: object) -> list[str]:
     return [sys.executable, "-m", "smalltune.cli", *map(str, args)]
 

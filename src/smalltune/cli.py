@@ -169,15 +169,32 @@ def eval_(
 @app.command()
 def predict(
     run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>)."),
-    input_file: Path = typer.Argument(..., help="Records to answer (JSON, JSONL or CSV in the task's format)."),
-    out: Path = typer.Option(..., "-o", "--out", help="JSONL output: id, answer, parsed value, error."),
+    input_file: Path = typer.Argument(..., help="Records to answer (JSON, JSONL, CSV or Parquet in the task's format); "
+                                      "with --ray, also a folder of such files."),
+    out: Path = typer.Option(..., "-o", "--out", help="JSONL output: id, answer, parsed value, error. With --ray, a "
+                             "folder of JSONL shards (part-00000.jsonl, ...)."),
     engine: str = EngineName,
+    ray: bool = typer.Option(False, "--ray", help="Answer on a Ray cluster (`pip install smalltune[ray]`): the "
+                             "one at --ray-address, else RAY_ADDRESS, else a local Ray started for this run."),
+    ray_address: str = typer.Option(None, "--ray-address", help="The cluster to join, e.g. auto (the one `ray start "
+                                    "--head` started here) or ray://HEAD:10001."),
+    workers: int = typer.Option(1, min=1, help="With --ray: actors, each holding one copy of the model."),
+    threads_per_worker: int = typer.Option(1, min=1, help="With --ray: CPU threads (and Ray CPUs) per actor."),
+    gpus_per_worker: float = typer.Option(0, min=0, help="With --ray: GPUs per actor (1 with --engine vllm)."),
 ) -> None:
-    """Answer every record of a file with the fine-tuned model (the input is checked before the model loads)."""
-    from smalltune.inference.predict import predict_file
+    """Answer every record of a file with the fine-tuned model (the input is checked before the model loads).
 
+    Killed and run again, it answers only what the output does not hold yet."""
     with _RecordBar("predict") as bar:
-        count = predict_file(run_dir, input_file, out, on_start=bar.start, on_batch=bar.advance, engine=engine)
+        if ray:
+            from smalltune.inference.predict_ray import RayPlan, predict_on_ray
+
+            plan = RayPlan(ray_address, workers, threads_per_worker, gpus_per_worker)
+            count = predict_on_ray(run_dir, input_file, out, plan, engine, on_start=bar.start, on_batch=bar.advance)
+        else:
+            from smalltune.inference.predict import predict_file
+
+            count = predict_file(run_dir, input_file, out, on_start=bar.start, on_batch=bar.advance, engine=engine)
     console.print(f"wrote {count} answers to {escape(str(out))}")
 
 

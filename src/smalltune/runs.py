@@ -97,6 +97,12 @@ class RunDir:
     def report_html(self) -> Path:
         return self.path / "report.html"
 
+    def model_files(self) -> dict[str, bytes]:
+        """What loading the run's model needs of it (the task file and the adapter with its tokenizer), by path
+        relative to the run directory: written into an empty folder, they make a run `load` accepts."""
+        paths = [self.task_file, *sorted(p for p in self.adapter.rglob("*") if p.is_file())]
+        return {str(p.relative_to(self.path)): p.read_bytes() for p in paths}
+
     def evaluation(self, test_file: Path) -> RunDir:
         """Where `eval --test FILE` puts the results on another test file: the folder eval-<file stem>, holding
         the same result files (metrics.json, predictions.jsonl, report.md, report.html) as the run directory."""

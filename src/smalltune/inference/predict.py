@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from smalltune.data.records import load_records
+from smalltune.data.records import Invalid, Loaded, Record, load_records
 from smalltune.inference.engine import Engine, OnBatch, load_engine
 from smalltune.io import append_jsonl, json_line, read_appended, refuse_overwriting
 from smalltune.runs import RunDir
@@ -34,33 +34,48 @@ def predict_file(
     refuse_overwriting([out], [input_file])
     config = engine.config if isinstance(engine, Engine) else RunDir.load(run_dir).config()
     loaded = load_records(input_file, config.data, require_output=False)
-    written = read_appended(out, PREDICTION_KEYS)
-    answered = {row["id"] for row in written if "where" not in row}
-    reported = {row["where"] for row in written if "where" in row}
-    todo = [r for r in loaded.records if r.id not in answered]
-    invalid = [row for row in loaded.invalid if row.where not in reported]
+    todo, invalid = still_to_answer(loaded, read_appended(out, PREDICTION_KEYS))
     if on_start:
         on_start(len(todo))
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a", encoding="utf-8") as handle:
         for row in invalid:  # an unreadable record gets its error line; the run goes on
-            error = f"invalid record: {row.reason}"
-            append_jsonl(handle, {"id": row.id, "answer": None, "result": None, "error": error, "input_shortened": False,
-                                  "where": row.where})
+            append_jsonl(handle, invalid_row(row))
         if not todo:
             return 0
         engine = engine if isinstance(engine, Engine) else load_engine(run_dir, engine)
         chunk = engine.config.infer.batch_size * 4
         for start in range(0, len(todo), chunk):
-            records = todo[start : start + chunk]
-            generation = engine.generate(records, on_batch)
-            parsed = engine.task.parse_all(generation.texts, records, generation.probabilities)
-            for record, text, answer, cut, problem in zip(records, generation.texts, parsed, generation.truncated,
-                                                          generation.problems):
-                row = {"id": record.id, "answer": None if problem else text, "result": None if problem else answer.value,
-                       "error": problem or answer.error, "input_shortened": cut}
-                if answer.probabilities is not None:
-                    row["scores"] = answer.probabilities
-                handle.write(json_line(row))
+            handle.writelines(json_line(row) for row in answer_rows(engine, todo[start : start + chunk], on_batch))
             handle.flush()
     return len(todo)
+
+
+def still_to_answer(loaded: Loaded, written: list[dict]) -> tuple[list[Record], list[Invalid]]:
+    """The records no written row answers yet, and the invalid rows whose error line is not written yet."""
+    answered = {row["id"] for row in written if "where" not in row}
+    reported = {row["where"] for row in written if "where" in row}
+    return ([r for r in loaded.records if r.id not in answered],
+            [row for row in loaded.invalid if row.where not in reported])
+
+
+def answer_rows(engine: Engine, records: list[Record], on_batch: OnBatch | None = None) -> list[dict]:
+    """One output row per record, in order: its id, the answer text, the parsed value, the error (None when
+    answered) and whether its input was shortened to fit; `scores` too when the answer was chosen by scoring."""
+    generation = engine.generate(records, on_batch)
+    parsed = engine.task.parse_all(generation.texts, records, generation.probabilities)
+    rows = []
+    for record, text, answer, cut, problem in zip(records, generation.texts, parsed, generation.truncated,
+                                                  generation.problems):
+        row = {"id": record.id, "answer": None if problem else text, "result": None if problem else answer.value,
+               "error": problem or answer.error, "input_shortened": cut}
+        if answer.probabilities is not None:
+            row["scores"] = answer.probabilities
+        rows.append(row)
+    return rows
+
+
+def invalid_row(row: Invalid) -> dict:
+    """The output row of an input record that could not be read: no answer, the reason, and where it is."""
+    return {"id": row.id, "answer": None, "result": None, "error": f"invalid record: {row.reason}",
+            "input_shortened": False, "where": row.where}
