@@ -147,6 +147,13 @@ def _import_ray() -> Any:
     return ray
 
 
+def _block_size(records: int, chunk: int, workers: int) -> int:
+    """Records per block: at most `chunk`, with a number of blocks that the workers share evenly."""
+    blocks = -(-records // chunk)
+    blocks = -(-blocks // workers) * workers
+    return max(1, -(-records // blocks))
+
+
 class _Answerer:
     """A Ray Data actor: one engine of the run, answering batches of pickled records with output lines."""
 
@@ -179,9 +186,10 @@ def _answered_on_ray(ray: Any, run: RunDir, todo: list[Record], plan: RayPlan, e
         context.enable_progress_bars = False
         context.print_on_execution_start = False
         items = [{"record": pickle.dumps(record)} for record in todo]
-        dataset = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // chunk)))
+        size = _block_size(len(items), chunk, plan.workers)
+        dataset = ray.data.from_items(items, override_num_blocks=-(-len(items) // size))
         answered = dataset.map_batches(
-            _Answerer, batch_size=chunk, batch_format="numpy",
+            _Answerer, batch_size=size, batch_format="numpy",
             fn_constructor_kwargs={"files": run.model_files(), "engine": engine, "threads": plan.threads_per_worker},
             compute=ray.data.ActorPoolStrategy(size=plan.workers), num_cpus=plan.threads_per_worker,
             num_gpus=plan.gpus_per_worker or None)
