@@ -159,3 +159,33 @@ def test_data_check_reports_a_record_whose_input_training_would_shorten(tmp_path
     assert result.exit_code == 0, result.output
     assert "shortened: 1 record(s) too long for model.max_length" in result.output
     assert f"{tmp_path / 'd.jsonl'}:6" in result.output
+
+
+def test_a_folder_of_html_pages_is_predicted_one_record_per_page(tmp_path, tiny_qwen3_dir):
+    from smalltune.data.html import page_text
+    from smalltune.data.records import load_inputs
+    from smalltune.errors import OutputError
+    from smalltune.runs import RunDir
+
+    run_dir = make_run_dir(tmp_path, tiny_qwen3_dir)
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    body = "<html><head>{}</head><body><div>导航</div><p>我叫王芳，快递三天都没到。</p></body></html>"
+    (pages / "a.html").write_bytes(body.format('<meta charset="gbk">').encode("gbk"))
+    (pages / "b.htm").write_bytes(body.format("").encode("utf-8"))
+    (pages / "notes.txt").write_text("not a page", encoding="utf-8")
+    (pages / "empty.html").write_text("<script>x()</script>", encoding="utf-8")
+    loaded = load_inputs(pages, RunDir.load(run_dir).config().data)
+    assert [(r.id, r.input) for r in loaded.records] == [("a.html", "导航\n我叫王芳，快递三天都没到。"),
+                                                          ("b.htm", page_text(body.format("")))]
+    with pytest.raises(OutputError, match="read as input"):
+        predict_file(run_dir, pages, pages / "out.jsonl")
+    out = tmp_path / "out.jsonl"
+    result = runner.invoke(app, ["predict", str(run_dir), str(pages), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {r["id"]: r for r in map(json.loads, out.read_text(encoding="utf-8").splitlines())}
+    assert set(rows) == {"a.html", "b.htm", "empty.html"}
+    assert "where" not in rows["a.html"] and "where" not in rows["b.htm"]  # answered, not invalid
+    empty = rows["empty.html"]
+    assert empty["answer"] is None and empty["where"] == str((pages / "empty.html").resolve())
+    assert "'html' has no visible text" in empty["error"]

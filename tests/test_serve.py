@@ -393,3 +393,20 @@ def test_serve_refuses_a_port_out_of_range_before_loading_the_model(tmp_path):
     result = CliRunner().invoke(cli, ["serve", str(tmp_path / "no-such-run"), "--port", "99999"])
     assert result.exit_code == 2 and "--port" in result.output and "65535" in result.output
     assert time.perf_counter() - started < 5
+
+
+def test_extract_answers_a_page_sent_as_html_as_it_answers_its_visible_text(runs):
+    from smalltune.data.html import page_text
+
+    page = ("<html><head><meta charset='utf-8'><script>var ad = '广告';</script></head><body><div>首页</div>"
+            f"<p>{COMPLAINT}</p></body></html>")
+    with running(create_app(Engine.from_run(runs["extract"]))) as url:
+        as_html = httpx2.post(f"{url}/v1/extract", json={"html": page, "id": "p"})
+        as_text = httpx2.post(f"{url}/v1/extract", json={"text": page_text(page), "id": "p"})
+        raw = httpx2.post(f"{url}/v1/extract", json={"text": page, "id": "p"})
+        assert as_html.status_code == as_text.status_code == raw.status_code == 200
+        assert as_html.json() == as_text.json() != raw.json()  # the visible text, not the markup, was answered
+        for body, says in (({"text": COMPLAINT, "html": page}, "has both"), ({"id": "x"}, "has neither"),
+                           ({"html": "<script>x()</script>"}, "no visible text")):
+            refused = httpx2.post(f"{url}/v1/extract", json=body)
+            assert refused.status_code == 400 and says in refused.json()["error"]["message"]

@@ -169,8 +169,9 @@ def eval_(
 @app.command()
 def predict(
     run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>)."),
-    input_file: Path = typer.Argument(..., help="Records to answer (JSON, JSONL, CSV or Parquet in the task's format); "
-                                      "with --ray, also a folder of such files."),
+    input_file: Path = typer.Argument(..., help="Records to answer (JSON, JSONL, CSV or Parquet in the task's format, "
+                                      "or an .html page), or a folder of such files: a folder of .html/.htm pages "
+                                      "answers each page, its id the file name."),
     out: Path = typer.Option(..., "-o", "--out", help="JSONL output: id, answer, parsed value, error. With --ray, a "
                              "folder of JSONL shards (part-00000.jsonl, ...)."),
     engine: str = EngineName,
@@ -182,7 +183,7 @@ def predict(
     threads_per_worker: int = typer.Option(1, min=1, help="With --ray: CPU threads (and Ray CPUs) per actor."),
     gpus_per_worker: float = typer.Option(0, min=0, help="With --ray: GPUs per actor (1 with --engine vllm)."),
 ) -> None:
-    """Answer every record of a file with the fine-tuned model (the input is checked before the model loads).
+    """Answer every record of a file or folder with the fine-tuned model (the input is checked before the model loads).
 
     Killed and run again, it answers only what the output does not hold yet."""
     with _RecordBar("predict") as bar:

@@ -1,7 +1,9 @@
 """Data formats: how a row of a data file holds a record, read AND written the same way.
 
 A format reads one row (a dict from `readers`) into a `Record`'s fields, raising `RecordProblem` with a
-message that names the field, and writes a record back as a row that it reads again unchanged. `load_records`,
+message that names the field, and writes a record back as a row that it reads again unchanged. In the alpaca
+and columns formats a row without its input text may carry the page instead, as HTML in an `html` column: the
+input is then the page's visible text (`data.html.page_text`), and the `html` column stays in `Record.extra`. `load_records`,
 `smalltune label` and `smalltune data convert` all go through these classes; a new format is one class
 here (or in a module of its own) plus one line in `smalltune.registry.FORMATS`.
 """
@@ -12,9 +14,11 @@ import json
 import re
 from typing import Any
 
+from smalltune.data.html import page_text
 from smalltune.data.records import Record, RecordProblem
 
 ROLES = ("system", "user", "assistant")
+PAGE_KEY = "html"  # the column holding a record's page, read when its input text is absent
 _LABEL_SEPARATORS = re.compile(r"[,，、|;；]")
 
 
@@ -31,14 +35,19 @@ def optional_text(row: dict, key: str) -> str | None:
     return value if value.strip() else None
 
 
-def required_text(row: dict, key: str) -> str:
-    """The text under key; absent or blank is a problem."""
-    if row.get(key) is None:
-        raise RecordProblem(f"missing '{key}' (add the text)")
-    value = optional_text(row, key)
-    if value is None:
-        raise RecordProblem(f"'{key}' is empty (add the text)")
-    return value
+def input_or_page(row: dict, key: str) -> str | None:
+    """The text under key; when that is absent or blank, the visible text of the page in the row's `html`
+    column (text, or bytes from a Parquet binary column); None when there is neither."""
+    text = optional_text(row, key)
+    page = row.get(PAGE_KEY)
+    if text is not None or page is None:
+        return text
+    if not isinstance(page, (str, bytes)):
+        raise RecordProblem(f"'{PAGE_KEY}' must be the page's HTML as text, got {type(page).__name__}")
+    text = page_text(page)
+    if not text:
+        raise RecordProblem(f"'{PAGE_KEY}' has no visible text (an empty page, or only script and style)")
+    return text
 
 
 def output_value(row: dict, key: str, required: bool) -> str | dict | None:
@@ -120,8 +129,9 @@ class Format:
 
 
 class Alpaca(Format):
-    """instruction/input/output[/system/history]; an empty input takes the instruction's text. A `candidates`
-    mapping in `columns` names the column of per-record label choices."""
+    """instruction/input/output[/system/history]; an empty input takes the visible text of the `html` page, or
+    without one the instruction's text. A `candidates` mapping in `columns` names the column of per-record
+    label choices."""
 
     def read_keys(self, columns: dict[str, str]) -> set[str]:
         mapped = {columns["candidates"]} if "candidates" in columns else set()
@@ -129,9 +139,10 @@ class Alpaca(Format):
 
     def read(self, row: dict, columns: dict[str, str], require_output: bool) -> dict[str, Any]:
         instruction = optional_text(row, "instruction")
-        text = optional_text(row, "input")
+        text = input_or_page(row, "input")
         if text is None and instruction is None:
-            raise RecordProblem("'input' is empty and so is 'instruction' (give the text in 'input')")
+            raise RecordProblem("'input' is empty and so is 'instruction' (give the text in 'input', or the page "
+                                f"as HTML in '{PAGE_KEY}')")
         if text is None:
             text, instruction = instruction, None
         fields = {"input": text, "instruction": instruction, "system": optional_text(row, "system"),
@@ -198,7 +209,8 @@ def _check_message(i: int, message: Any) -> None:
 
 
 class Columns(Format):
-    """Named columns mapped to our roles; input and output default to columns of the same name."""
+    """Named columns mapped to our roles; input and output default to columns of the same name. A row without
+    its input text may carry the page as HTML in an `html` column."""
 
     @staticmethod
     def _names(columns: dict[str, str]) -> dict[str, str]:
@@ -212,7 +224,11 @@ class Columns(Format):
 
     def read(self, row: dict, columns: dict[str, str], require_output: bool) -> dict[str, Any]:
         name = self._names(columns)
-        fields: dict[str, Any] = {"input": required_text(row, name["input"]),
+        text = input_or_page(row, name["input"])
+        if text is None:
+            problem = f"missing '{name['input']}'" if row.get(name["input"]) is None else f"'{name['input']}' is empty"
+            raise RecordProblem(f"{problem} (add the text, or the page as HTML in '{PAGE_KEY}')")
+        fields: dict[str, Any] = {"input": text,
                                   "output": output_value(row, name["output"], require_output)}
         for role in ("instruction", "system"):
             if role in name:

@@ -1,5 +1,6 @@
 """Rows out of data files: JSON (array or one object per line), JSON Lines, CSV and Parquet, each row with the
-line it starts on, in UTF-8 (with or without BOM) or GBK.
+line it starts on, in UTF-8 (with or without BOM) or GBK; an .html/.htm page is one row `{"html": page}` on
+line 1, decoded by `data.html.decode_html`.
 
 Decoding: a file is read as UTF-8 when the whole of it is UTF-8. Otherwise it is decoded line by line: when
 every line holding non-ASCII bytes fails UTF-8 and reads as GB18030 (a superset of GBK), it is a GBK file;
@@ -20,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smalltune.data.html import PAGE_SUFFIXES, read_page
 from smalltune.errors import DataError
 from smalltune.io import LONE_SURROGATE
 
-SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", *PAGE_SUFFIXES)
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
@@ -43,8 +45,9 @@ class _Decoded:
 
 
 def read_rows(path: Path) -> list[tuple[int, dict | RecordProblem]]:
-    """(1-based start line, object) for each row of a .json, .jsonl, .csv or .parquet file; a row that cannot
-    be read comes as (line, RecordProblem) in its place. DataError when the file as a whole cannot be read."""
+    """(1-based start line, object) for each row of a .json, .jsonl, .csv, .parquet or .html/.htm file; a row
+    that cannot be read comes as (line, RecordProblem) in its place. DataError when the file as a whole cannot
+    be read."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
@@ -53,12 +56,27 @@ def read_rows(path: Path) -> list[tuple[int, dict | RecordProblem]]:
         raise DataError(f"{path}: no such data file")
     if suffix == ".parquet":
         return _parquet_rows(path)
+    if suffix in PAGE_SUFFIXES:
+        return [(1, {"html": read_page(path)})]
     decoded = _decode(path)
     if suffix == ".csv":
         return _csv_rows(decoded, path)
     if suffix == ".json" and decoded.text.lstrip().startswith("["):
         return _json_array_rows(decoded, path)
     return _jsonl_rows(decoded, path)
+
+
+def data_files(path: Path) -> list[Path]:
+    """The file, or the data files (`SUFFIXES`) of a folder by name, resolved; DataError when there are none."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such data file or folder")
+    if path.is_file():
+        return [path.resolve()]
+    found = sorted(p.resolve() for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    if not found:
+        raise DataError(f"{path}: a folder with no data files ({' '.join(SUFFIXES)}) in it")
+    return found
 
 
 def read_objects(path: Path) -> list[tuple[int, dict]]:

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from smalltune.config import DataConfig
-from smalltune.data.readers import RecordProblem, read_rows
+from smalltune.data.html import PAGE_SUFFIXES
+from smalltune.data.readers import RecordProblem, data_files, read_rows
 from smalltune.errors import DataError
 from smalltune.registry import FORMATS
 
@@ -77,15 +78,17 @@ def _record_id(row: dict, key: str, default: str) -> str:
 
 def load_records(path: Path, data: DataConfig, *, require_output: bool = True,
                  check: Callable[[Record], str | None] | None = None) -> Loaded:
-    """Read one file in data.format; each invalid record becomes one 'file:line: message' problem."""
+    """Read one file in data.format; each invalid record becomes one 'file:line: message' problem. An .html/.htm
+    file is one record: its id the file name, its `where` the file."""
     path = Path(path)
+    page = path.suffix.lower() in PAGE_SUFFIXES
     layout = FORMATS.get(data.format)()
     id_key = layout.id_key(data.columns)
     read_keys = layout.read_keys(data.columns)
     loaded = Loaded(records=[], invalid=[])
     first_at: dict[str, str] = {}
     for line, row in read_rows(path):
-        where, record_id = f"{path}:{line}", f"{path.stem}-{line}"
+        where, record_id = (str(path), path.name) if page else (f"{path}:{line}", f"{path.stem}-{line}")
         try:
             if isinstance(row, RecordProblem):
                 raise row
@@ -102,6 +105,23 @@ def load_records(path: Path, data: DataConfig, *, require_output: bool = True,
             continue
         first_at[record_id] = where
         loaded.records.append(record)
+    return loaded
+
+
+def load_inputs(path: Path, data: DataConfig) -> Loaded:
+    """The records (outputs not required) and invalid rows of a file, or of every data file in a folder
+    (`readers.data_files`: JSON, JSONL, CSV, Parquet, .html/.htm pages); DataError when two records share an id."""
+    loaded = Loaded(records=[], invalid=[])
+    where: dict[str, str] = {}
+    for file in data_files(path):
+        one = load_records(file, data, require_output=False)
+        for record in one.records:
+            if record.id in where:
+                raise DataError(f"{record.where}: id {record.id!r} is also the id of {where[record.id]}; each record "
+                                "needs its own id for the output to hold it exactly once")
+            where[record.id] = record.where
+        loaded.records += one.records
+        loaded.invalid += one.invalid
     return loaded
 
 

@@ -1,10 +1,10 @@
 """`smalltune predict --ray`: the rows `predict` writes, answered by a pool of Ray actors, exactly once.
 
-The driver reads the input (a file, or a folder of JSON, JSONL, CSV and Parquet files) with the same readers as
-`predict`, so every record has the same id and every unreadable one the same error line. The records still to
-answer go into a Ray Data dataset; `map_batches` hands them to a pool of actors (`workers`), each holding one engine
-of the run with `threads_per_worker` CPU threads (or one GPU), and the answered rows stream back to the driver, which
-appends them to a shard of its own (`OUT/part-NNNNN.jsonl`, flushed after every batch).
+The driver reads the input (a file, or a folder of JSON, JSONL, CSV, Parquet and .html/.htm files) as `predict`
+does (`data.records.load_inputs`), so every record has the same id and every unreadable one the same error line.
+The records still to answer go into a Ray Data dataset; `map_batches` hands them to a pool of actors (`workers`),
+each holding one engine of the run with `threads_per_worker` CPU threads (or one GPU), and the answered rows stream
+back to the driver, which appends them to a shard of its own (`OUT/part-NNNNN.jsonl`, flushed after every batch).
 
 Exactly once: the output folder is the only state. A rerun reads every shard (a line torn by a kill is cut off, as
 `predict` does) and answers only the ids no shard holds yet, into a new shard. A worker lost mid-run is Ray's to
@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smalltune.data.readers import SUFFIXES
-from smalltune.data.records import Invalid, Loaded, Record, load_records
-from smalltune.errors import DataError, OutputError, RunError
+from smalltune.data.records import Record, load_inputs
+from smalltune.errors import OutputError, RunError
 from smalltune.inference.engine import OnBatch, load_engine
 from smalltune.inference.predict import PREDICTION_KEYS, answer_rows, invalid_row, still_to_answer
 from smalltune.io import append_jsonl, json_line, read_appended
@@ -59,11 +58,10 @@ def predict_on_ray(
     ray = _import_ray()
     run = RunDir.load(run_dir)
     config = run.config()
-    files = input_files(Path(input_path))
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, Path(input_path))
+    loaded = load_inputs(Path(input_path), config.data)
     written = [row for shard in shards(out_dir) for row in read_appended(shard, PREDICTION_KEYS)]
-    loaded = _load_all(files, config)
     todo, invalid = still_to_answer(loaded, written)
     if on_start:
         on_start(len(todo))
@@ -79,18 +77,6 @@ def predict_on_ray(
             if on_batch:
                 on_batch(len(lines))
     return len(todo)
-
-
-def input_files(path: Path) -> list[Path]:
-    """The file to read, or the data files of a folder (by name), resolved; DataError when there are none."""
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
-    if path.is_file():
-        return [path.resolve()]
-    found = sorted(p.resolve() for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
-    if not found:
-        raise DataError(f"{path}: a folder with no data files ({' '.join(SUFFIXES)}) in it")
-    return found
 
 
 def shards(out_dir: Path) -> list[Path]:
@@ -110,23 +96,6 @@ def _check_out_dir(out_dir: Path, input_path: Path) -> None:
         if others:
             raise OutputError(f"{out_dir}: holds {others[0]}, which `predict --ray` did not write; give the output "
                               "a new folder (or one of its earlier outputs)")
-
-
-def _load_all(files: list[Path], config: Any) -> Loaded:
-    """The records and invalid rows of every input file; DataError when two records share an id."""
-    records: list[Record] = []
-    invalid: list[Invalid] = []
-    where: dict[str, str] = {}
-    for path in files:
-        loaded = load_records(path, config.data, require_output=False)
-        for record in loaded.records:
-            if record.id in where:
-                raise DataError(f"{record.where}: id {record.id!r} is also the id of {where[record.id]}; each record "
-                                "needs its own id for the output to hold it exactly once")
-            where[record.id] = record.where
-        records += loaded.records
-        invalid += loaded.invalid
-    return Loaded(records, invalid)
 
 
 def _new_shard(out_dir: Path) -> Path:

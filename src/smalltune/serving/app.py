@@ -7,8 +7,9 @@ Endpoints:
   sampling options are accepted and ignored). The messages are read as the `messages` data format
   reads a record and prompted through the task's own messages, exactly as in training: the task's
   instruction before the last user turn, the task's system prompt when the request brings none.
-- The task kind's own endpoint (`TaskKind.endpoint`: `POST /v1/extract`, `POST /v1/classify`): the text
-  goes through the task's own prompt, and the answer through the task's parser, as in `smalltune predict`;
+- The task kind's own endpoint (`TaskKind.endpoint`: `POST /v1/extract`, `POST /v1/classify`): the `text`,
+  or the visible text of a page sent as `html` (`data.html.page_text`, as training and predict read it; exactly
+  one of the two), goes through the task's own prompt, and the answer through the task's parser, as in `smalltune predict`;
   a label chosen by scoring (infer.classify: score) comes with `scores`, each candidate's probability.
 
 Every request waits in one bounded queue; a full queue answers 429 at once. On shutdown (Ctrl-C,
@@ -29,15 +30,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smalltune.data.formats import Messages
+from smalltune.data.html import page_text
 from smalltune.data.records import Record, RecordProblem
 from smalltune.errors import InputError, SmalltuneError, validation_problems
 from smalltune.inference.engine import Engine, load_engine
@@ -105,10 +107,21 @@ class ChatRequest(_Open):
 class TextRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(min_length=1, description="The text to answer.")
+    text: str | None = Field(None, min_length=1, description="The text to answer (or send `html`).")
+    html: str | None = Field(None, min_length=1, description="A web page whose visible text is answered (or send `text`).")
     id: str | None = Field(None, description="Echoed back; a random id when absent.")
     candidates: list[str] | None = Field(None, min_length=1, description="classify: the labels to choose from "
                                          "(default: the task's).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_or_html(cls, data: Any) -> Any:
+        """Exactly one of `text` and `html` (a body that is no object is pydantic's to refuse)."""
+        if isinstance(data, dict) and (data.get("text") is None) == (data.get("html") is None):
+            given = "both" if data.get("text") is not None else "neither"
+            raise ValueError("send the input as exactly one of 'text' (plain text) and 'html' (a web page, answered "
+                             f"on its visible text); this request has {given}")
+        return data
 
 
 # --- the app -------------------------------------------------------------------------------------
@@ -225,9 +238,13 @@ def _add_task_route(api: APIRouter, engine: Engine, answer: Answerer) -> None:
 
     async def answer_text(body: TextRequest, request: Request) -> dict:
         if body.candidates and not task.takes_candidates:
-            raise HTTPException(400, f"the {config.kind} task '{config.name}' takes no 'candidates'; send 'text' (and 'id')")
+            raise HTTPException(400, f"the {config.kind} task '{config.name}' takes no 'candidates'; send 'text' or "
+                                     "'html' (and 'id')")
+        text = body.text if body.html is None else await asyncio.to_thread(page_text, body.html)  # off the event loop
+        if not text:
+            raise HTTPException(400, "the page in 'html' has no visible text (only markup, script or style)")
         record_id = body.id or uuid.uuid4().hex
-        record = Record(id=record_id, where=f"request {record_id}", input=body.text, output=None,
+        record = Record(id=record_id, where=f"request {record_id}", input=text, output=None,
                         candidates=tuple(body.candidates or ()))
         problem = task.request_problem(record)
         if problem:
