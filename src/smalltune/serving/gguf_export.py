@@ -93,7 +93,7 @@ def _add_tokenizer(writer: gguf.GGUFWriter, tokenizer: PreTrainedTokenizerBase, 
 
 
 def _encoded(data: np.ndarray, qtype: GGMLQuantizationType) -> tuple[np.ndarray, GGMLQuantizationType]:
-    """The tensor in the file's type: 1-D tensors (norms, biases) stay float32, rows q8_0 cannot block go f16."""
+    """The tensor in the file's type; 1-D tensors (norms, biases) stay float32, rows not a whole number of blocks f16."""
     if data.ndim == 1:
         return data, GGMLQuantizationType.F32
     if data.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
