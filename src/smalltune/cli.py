@@ -304,12 +304,20 @@ def export(
     run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>)."),
     out: Path = typer.Option(..., "--out", help="The folder to write (must not exist or be empty)."),
     merge: bool = typer.Option(False, "--merge", help="Fold the adapter into the base model: one standalone model."),
+    gguf: bool = typer.Option(False, "--gguf", help="Merged, as one GGUF file with an Ollama Modelfile (llama.cpp, Ollama)."),
+    gguf_type: str = typer.Option(None, "--gguf-type", help="With --gguf: bf16 (the default) | f16 | q8_0."),
 ) -> None:
-    """Write the model for other servers: the adapter alone, or with --merge a standalone HF model (vLLM, SGLang)."""
-    from smalltune.serving.export import export_adapter, export_merged
+    """Write the model for other servers: the adapter alone, with --merge a standalone HF model (vLLM, SGLang),
+    with --gguf one GGUF file (llama.cpp, Ollama)."""
+    from smalltune.serving.export import export_adapter, export_gguf, export_merged
 
-    written = export_merged(run_dir, out) if merge else export_adapter(run_dir, out)
-    console.print(f"wrote {'merged model' if merge else 'adapter'} to {escape(str(written))}")
+    if gguf_type is not None and not gguf:
+        raise typer.BadParameter("--gguf-type needs --gguf", param_hint="--gguf-type")
+    if gguf:
+        written, what = export_gguf(run_dir, out, gguf_type or "bf16"), f"GGUF model ({gguf_type or 'bf16'})"
+    else:
+        written, what = (export_merged(run_dir, out), "merged model") if merge else (export_adapter(run_dir, out), "adapter")
+    console.print(f"wrote {what} to {escape(str(written))}")
 
 
 @data_app.command("convert")

@@ -7,6 +7,9 @@ no custom code, so vLLM (`vllm serve DIR`), SGLang (`--model-path DIR`) and plai
 `AutoModelForCausalLM.from_pretrained(DIR)` load it without options. vLLM and SGLang ignore
 `do_sample`: ask them for `temperature=0` to get the greedy answers the run was evaluated with.
 
+`export_gguf` writes the merged model as one GGUF file for llama.cpp and Ollama (`gguf_export`), with a
+Modelfile and a README beside it.
+
 `export_adapter` copies the adapter alone (a few MB) with a README on how those servers attach it.
 """
 
@@ -20,13 +23,14 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
-from transformers import AutoConfig, GenerationConfig
+from transformers import AutoConfig, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from smalltune.errors import OutputError
 from smalltune.formatting import end_of_turn_ids
 from smalltune.io import atomic_write_text
 from smalltune.models import load_model, load_tokenizer, resolve_model
 from smalltune.runs import RunDir
+from smalltune.serving.gguf_export import file_types, gguf_architecture, modelfile, readme, write_gguf
 
 
 def _check_out(out_dir: Path) -> None:
@@ -75,6 +79,12 @@ def _greedy_generation_config(
     return GenerationConfig(**settings)
 
 
+def _merged(run: RunDir, base_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The base model with the run's adapter folded in (in float32), and the run's tokenizer."""
+    tuned = PeftModel.from_pretrained(load_model(base_path, torch.float32), str(run.adapter))
+    return tuned.merge_and_unload(), load_tokenizer(str(run.adapter))
+
+
 def export_merged(run_dir: Path, out_dir: Path) -> Path:
     """Write base + adapter as one standalone model directory; returns out_dir.
 
@@ -84,9 +94,8 @@ def export_merged(run_dir: Path, out_dir: Path) -> Path:
     run = RunDir.load(run_dir)
     config = run.config()
     base_path = resolve_model(config.model.name)
-    tokenizer = load_tokenizer(str(run.adapter))
-    tuned = PeftModel.from_pretrained(load_model(base_path, torch.float32), str(run.adapter))
-    merged = tuned.merge_and_unload().to(_saved_dtype(base_path))
+    merged, tokenizer = _merged(run, base_path)
+    merged = merged.to(_saved_dtype(base_path))
     merged.generation_config = _greedy_generation_config(
         merged.generation_config, end_of_turn_ids(tokenizer), tokenizer.pad_token_id, config.infer.repetition_penalty
     )
@@ -94,6 +103,32 @@ def export_merged(run_dir: Path, out_dir: Path) -> Path:
     def fill(folder: Path) -> None:
         merged.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+        shutil.copyfile(run.task_file, folder / run.task_file.name)
+
+    return _write_into(out_dir, fill)
+
+
+def export_gguf(run_dir: Path, out_dir: Path, gguf_type: str = "bf16") -> Path:
+    """Write base + adapter as one GGUF file (`model.gguf`) with an Ollama Modelfile and a README; returns out_dir.
+
+    The merge is done in float32 and written as bf16, f16 or q8_0 (`gguf_type`).
+    """
+    _check_out(Path(out_dir))
+    file_types(gguf_type)
+    run = RunDir.load(run_dir)
+    config = run.config()
+    base_path = resolve_model(config.model.name)
+    gguf_architecture(AutoConfig.from_pretrained(base_path))  # refused before the merge
+    merged, tokenizer = _merged(run, base_path)
+    stop_ids = end_of_turn_ids(tokenizer)
+    ollama = modelfile(tokenizer, tokenizer.convert_ids_to_tokens(stop_ids), config.system, config.model.enable_thinking,
+                       config.infer.repetition_penalty, config.model.max_length + config.infer.max_new_tokens)
+    thinking_switch = "enable_thinking" in tokenizer.chat_template and not config.model.enable_thinking
+
+    def fill(folder: Path) -> None:
+        write_gguf(merged, tokenizer, folder / "model.gguf", gguf_type, config.name, stop_ids[0])
+        atomic_write_text(folder / "Modelfile", ollama)
+        atomic_write_text(folder / "README.txt", readme(config.name, config.model.name, gguf_type, thinking_switch))
         shutil.copyfile(run.task_file, folder / run.task_file.name)
 
     return _write_into(out_dir, fill)
