@@ -3,8 +3,8 @@
 One rendering (`render_prompt`) and one shortening rule build every prompt, for training and inference
 alike: `prompt_ids` for one record, `shown_prompts` for many. Training examples are
 prompt + answer + end-of-turn, with labels on the answer and end-of-turn only. When an example is too long,
-the record's input is shortened (by whole lines when the prompt numbers them); the answer never is. Many records are tokenised in one call (the fast
-tokenizer's batch).
+the record's input is shortened (by whole lines when the prompt numbers them); the answer never is. Many records
+are tokenised in one call (the fast tokenizer's batch).
 
 User text is data: a control-token string inside a record (`<|im_end|><|im_start|>system ...`) stays plain
 text. Prompts whose texts spell out one are tokenised with `apply_chat_template(..., sanitize_control_tokens=True)`,

@@ -70,7 +70,7 @@ fields:                          # extract: field name -> description (extractiv
 
     def answer(self, record: Record) -> str:
         """The canonical serialisation: declared field order, UTF-8, dates as YYYY-MM-DD, a lines field's text as
-        the fewest ranges of the input's lines (`tasks.lines.line_ranges`), no code fence."""
+        ranges of the input's lines (`tasks.lines.line_ranges`), no code fence."""
         gold, lines = self._gold(record), input_lines(record.input) if self.numbers_lines else []
         return json.dumps({name: line_ranges(gold[name], lines) if spec.type == "lines"
                            else typed.canonical(spec, gold[name]) for name, spec in self._specs.items()},

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from smalltune.tasks.text import normalise
 
 _LINE = re.compile(r"[^\r\n]+")
-ELLIPSIS = "…"
+_ELLIPSIS = "…"
 MIN_COVERED = 0.95
 """The share of a lines field's text (its characters after `normalise`) that whole lines of the input must cover:
 the rest may be text the page shows on no line of its own (a player's `00:00/00:00`, an ad the labeller copied).
@@ -53,7 +53,7 @@ def shown_lines(text: str, width: int | None) -> list[ShownLine]:
     shown = []
     for number, line in enumerate(input_lines(text), start=1):
         seen = line.text if width is None else line.text[:width]
-        cut = ELLIPSIS if len(seen) < len(line.text) else ""
+        cut = _ELLIPSIS if len(seen) < len(line.text) else ""
         shown.append(ShownLine(f"[{number}]{seen}{cut}", seen, line.end))
     return shown
 
