@@ -213,3 +213,19 @@ def test_grounded_values_and_list_items_come_from_the_text_and_other_values_of_t
 def test_a_typed_grammar_shares_one_set_of_substring_rules_among_its_grounded_fields(tmp_path):
     ebnf = _typed_task(tmp_path).grammar(Record("r", "t:1", COMPLAINT, None), True)
     assert ebnf.count("\ns0 ::= ") == 1 and ebnf.count("\nsn ::= ") == 1
+
+
+def test_a_lines_field_names_only_lines_of_the_input_in_ascending_ranges(compiler, qwen_tokenizer, tmp_path):
+    task = build_task(TaskConfig(name="t", kind="extract", data={"train": tmp_path / "x.jsonl"},
+                                 fields={"title": "标题", "content": {"type": "lines"}}))
+    page = Record("p", "t:1", "\n\n".join(f"第{n}行文字" for n in range(1, 13)), None)  # 12 lines, blank ones between
+    ebnf = task.grammar(page, True)
+    for refs in ("[]", "[[1, 12]]", "[[3, 5], [8, 8]]", "[[1, 1], [3, 3], [5, 9], [11, 12]]", "[[10, 11]]"):
+        assert _accepts(compiler, ebnf, qwen_tokenizer, f'{{"title": "第3行文字", "content": {refs}}}'), refs
+    for refs in ("[[0, 3]]", "[[3, 13]]", "[[13, 13]]", "[[5, 4]]", "[[12, 1]]", "[[3, 5], [8]]", "[[03, 5]]",
+                 "[[3,5]]", '"第3行文字"', "[[10, 11], [2, 2]]", "[[9, 9], [9, 9]]", "[[3, 5], [6, 8]]", "[[]]"):
+        assert not _accepts(compiler, ebnf, qwen_tokenizer, f'{{"title": "第3行文字", "content": {refs}}}'), refs
+    assert not _accepts(compiler, ebnf, qwen_tokenizer, '{"title": "第13行文字", "content": []}')  # grounded still
+    empty = task.grammar(Record("e", "t:2", "", None), True)
+    assert _accepts(compiler, empty, qwen_tokenizer, '{"title": "", "content": []}')
+    assert not _accepts(compiler, empty, qwen_tokenizer, '{"title": "", "content": [[1, 1]]}')

@@ -23,7 +23,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-FieldType = Literal["string", "list", "choice", "integer", "number", "date", "boolean"]
+FieldType = Literal["string", "list", "choice", "integer", "number", "date", "boolean", "lines"]
 TEXT_TYPES = ("string", "list")
 """The types whose values (a list's items) are text and may be copied from the input (`extractive`)."""
 
@@ -33,7 +33,8 @@ class FieldSpec(_Strict):
 
     description: str = ""
     type: FieldType = Field("string", description="string ('' when absent) | list (of strings, [] when none) | "
-                            "choice (one of `choices`) | integer | number | date (YYYY-MM-DD) | boolean")
+                            "choice (one of `choices`) | integer | number | date (YYYY-MM-DD) | boolean | lines (whole lines "
+                            "of the input, answered as line ranges and returned as their text; '' when none)")
     optional: bool = Field(False, description="JSON null when absent (never a made-up value)")
     choices: list[str] | None = Field(None, validate_default=True, description="The values of a choice field.")
     extractive: bool | None = Field(None, validate_default=True,
@@ -45,6 +46,8 @@ class FieldSpec(_Strict):
     def _list_is_never_null(cls, value: bool, info: ValidationInfo) -> bool:
         if value and info.data.get("type") == "list":
             raise ValueError("a list is [] when it has no items, never null: drop optional")
+        if value and info.data.get("type") == "lines":
+            raise ValueError("a lines field is '' when it has no lines, never null: drop optional")
         return value
 
     @field_validator("choices")
@@ -69,6 +72,8 @@ class FieldSpec(_Strict):
         kind = info.data.get("type", "string")
         if value is None:
             return kind in TEXT_TYPES
+        if value and kind == "lines":
+            raise ValueError("a lines field is built from the input's own lines, never written out: drop extractive")
         if value and kind not in TEXT_TYPES:
             raise ValueError(f"a {kind} field is not copied from the text: drop extractive (string and list only)")
         return value
@@ -184,6 +189,10 @@ class ModelConfig(_Strict):
     enable_thinking: bool = Field(False, description="Qwen3 thinking; off in training and inference alike.")
     max_length: int = Field(512, ge=16, description="Prompt + answer tokens; the input is shortened, never the answer.")
     chat_template: Path | None = Field(None, description="A .jinja file for models that ship none.")
+    line_chars: int | None = Field(
+        80, ge=1, description="With a `lines` field the input is shown as numbered lines ([12]text), each cut after "
+        "this many characters and '…' (enough to judge a line; long pages then fit); null shows lines whole.",
+    )
 
 
 class LoraSettings(_Strict):

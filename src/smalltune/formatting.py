@@ -3,8 +3,8 @@
 One rendering (`render_prompt`) and one shortening rule build every prompt, for training and inference
 alike: `prompt_ids` for one record, `shown_prompts` for many. Training examples are
 prompt + answer + end-of-turn, with labels on the answer and end-of-turn only. When an example is too long,
-the record's input is shortened; the answer never is. Many records are tokenised in one call (the fast
-tokenizer's batch).
+the record's input is shortened (by whole lines when the prompt numbers them); the answer never is. Many records
+are tokenised in one call (the fast tokenizer's batch).
 
 User text is data: a control-token string inside a record (`<|im_end|><|im_start|>system ...`) stays plain
 text. Prompts whose texts spell out one are tokenised with `apply_chat_template(..., sanitize_control_tokens=True)`,
@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from smalltune.config import TaskConfig
 from smalltune.data.records import Record
 from smalltune.tasks.base import TaskKind
+from smalltune.tasks.lines import shown_lines
 
 _SENTINEL = "\u2063SMALLTUNE\u2063"
 
@@ -62,11 +63,26 @@ def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return ids
 
 
-def _shortened(tokenizer: PreTrainedTokenizerBase, record: Record, excess: int) -> Record:
-    """The record with its input cut by `excess` tokens (plus a small margin) at the end."""
+def _shortened(tokenizer: PreTrainedTokenizerBase, task: TaskKind, record: Record, excess: int) -> Record:
+    """The record with its input cut at the end so that its prompt loses `excess` tokens (plus a small margin):
+    whole lines when the task numbers them (a line shown cut costs only what is shown), else tokens."""
+    if task.numbers_lines:
+        return dataclasses.replace(record, input=_without_last_lines(tokenizer, task, record.input, excess + 2))
     ids = tokenizer(record.input, add_special_tokens=False)["input_ids"]
     keep = max(0, len(ids) - excess - 2)
     return dataclasses.replace(record, input=tokenizer.decode(ids[:keep]))
+
+
+def _without_last_lines(tokenizer: PreTrainedTokenizerBase, task: TaskKind, text: str, excess: int) -> str:
+    """`text` up to the end of its last line kept: the fewest last lines dropped whose numbered prompt lines
+    (line break included) take at least `excess` tokens."""
+    lines = shown_lines(text, task.config.model.line_chars)
+    costs = [len(ids) + 1 for ids in _token_ids(tokenizer, [line.prompt for line in lines])]
+    keep, dropped = len(lines), 0
+    while keep and dropped < excess:
+        keep -= 1
+        dropped += costs[keep]
+    return text[: lines[keep - 1].end] if keep else ""
 
 
 def with_shots(task: TaskKind, record: Record, shots: Sequence[Record]) -> list[dict[str, str]]:
@@ -140,7 +156,7 @@ def _fit(
     for _ in range(5):
         if len(ids) <= budget or not record.input:
             break
-        record, truncated = _shortened(tokenizer, record, len(ids) - budget), True
+        record, truncated = _shortened(tokenizer, task, record, len(ids) - budget), True
         (ids,) = _prompt_ids(tokenizer, task, [record], enable_thinking, shots)
     if len(ids) > budget:
         raise ValueError(f"the prompt needs more than {budget} tokens even with the input shortened")

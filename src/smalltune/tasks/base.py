@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 
 from smalltune.config import TaskConfig
 from smalltune.data.records import Record
+from smalltune.tasks.lines import numbered
 
 
 @dataclass(frozen=True)
@@ -97,11 +98,21 @@ class TaskKind:
     def _instruction(self, record: Record) -> str:
         return record.instruction if record.instruction is not None else self.default_instruction(record)
 
+    @property
+    def numbers_lines(self) -> bool:
+        """Whether the prompt shows the input as numbered lines, for answers that name lines (`tasks.lines`)."""
+        return False
+
+    def shown_input(self, record: Record) -> str:
+        """The record's input as the user turn shows it: numbered lines (each cut after model.line_chars characters)
+        when `numbers_lines`, else as it is."""
+        return numbered(record.input, self.config.model.line_chars) if self.numbers_lines else record.input
+
     def messages(self, record: Record) -> list[dict[str, str]]:
-        """System prompt (record's or task's), earlier turns, then the user turn."""
+        """System prompt (record's or task's), earlier turns, then the user turn (`shown_input`)."""
         system = record.system if record.system is not None else self.config.system
         head = [{"role": "system", "content": system}] if system else []
-        user = {"role": "user", "content": user_text(self._instruction(record), record.input)}
+        user = {"role": "user", "content": user_text(self._instruction(record), self.shown_input(record))}
         return [*head, *record.history, user]
 
     def answer(self, record: Record) -> str:

@@ -12,13 +12,15 @@ from smalltune.data.records import Record
 from smalltune.tasks import fields as typed
 from smalltune.tasks.base import Parsed, ReportBars, TaskKind, parse_errors
 from smalltune.tasks.grammar import extract_grammar
+from smalltune.tasks.lines import Line, input_lines, line_ranges, ranges_problem, ranges_text, seen_text
 from smalltune.tasks.metrics import char_f1, label_counts, set_scores
 from smalltune.tasks.text import normalise
 
 
 class ExtractTask(TaskKind):
     """Text in, one JSON object with exactly the declared fields out, each of its type (`tasks.fields`): a string
-    ('' when absent), a list of strings ([] when none), one of the choices, a number, a date, a boolean; an
+    ('' when absent), a list of strings ([] when none), one of the choices, a number, a date, a boolean, whole lines
+    of the input (answered as line ranges of the numbered input, read back as their text: `tasks.lines`); an
     optional field is null when absent."""
 
     endpoint = "/extract"
@@ -30,8 +32,9 @@ fields:                          # extract: field name -> description (extractiv
   address: 投诉人地址
   email: 投诉人邮箱
   question: 投诉的内容，原文照录（含结尾标点）
-  # typed fields: {type: string | list | choice | integer | number | date | boolean, optional: true for null}
+  # typed fields: {type: string | list | choice | integer | number | date | boolean | lines, optional: true for null}
   # companies: {description: 提到的公司, type: list}
+  # content: {description: 正文, type: lines}   # long text: answered as line numbers of the input, returned as text
   # priority: {type: choice, choices: [低, 中, 高]}
 """
 
@@ -48,6 +51,11 @@ fields:                          # extract: field name -> description (extractiv
     def _specs(self) -> dict[str, FieldSpec]:
         return self.config.fields
 
+    @property
+    def numbers_lines(self) -> bool:
+        """Whether a field is answered by line reference (type: lines)."""
+        return any(spec.type == "lines" for spec in self._specs.values())
+
     def default_instruction(self, record: Record) -> str:
         """The task's instruction (or a generic one), then one line per field: its name, description and what a
         value of its type looks like (`tasks.fields.hint`)."""
@@ -61,19 +69,25 @@ fields:                          # extract: field name -> description (extractiv
         return json.loads(output) if isinstance(output, str) else dict(output or {})
 
     def answer(self, record: Record) -> str:
-        """The canonical serialisation: declared field order, UTF-8, dates as YYYY-MM-DD, no code fence."""
-        gold = self._gold(record)
-        return json.dumps({name: typed.canonical(spec, gold[name]) for name, spec in self._specs.items()},
+        """The canonical serialisation: declared field order, UTF-8, dates as YYYY-MM-DD, a lines field's text as
+        ranges of the input's lines (`tasks.lines.line_ranges`), no code fence."""
+        gold, lines = self._gold(record), input_lines(record.input) if self.numbers_lines else []
+        return json.dumps({name: line_ranges(gold[name], lines) if spec.type == "lines"
+                           else typed.canonical(spec, gold[name]) for name, spec in self._specs.items()},
                           ensure_ascii=False)
 
     def grammar(self, record: Record, grounded: bool) -> str:
         """The canonical answer object; with `grounded`, extractive values (and list items) spelled from the
-        record's input only."""
-        return extract_grammar(self._specs, record.input if grounded else None)
+        record's input only (from what the prompt shows of its lines, when it numbers them); lines fields name
+        lines of the input."""
+        text = seen_text(record.input, self.config.model.line_chars) if self.numbers_lines else record.input
+        count = len(input_lines(record.input)) if self.numbers_lines else 0
+        return extract_grammar(self._specs, text if grounded else None, count)
 
     def check(self, record: Record) -> str | None:
-        """Why the output is no training answer: not an object, other fields than the task's, or a value that is
-        not of its field's type or not canonical (`tasks.fields.data_problem`): "field 'x': expected ..."."""
+        """Why the output is no training answer: not an object, other fields than the task's, a value that is
+        not of its field's type or not canonical (`tasks.fields.data_problem`), or a lines field's text that is not
+        whole lines of the input (`tasks.lines.line_ranges`): "field 'x': expected ..."."""
         try:
             gold = self._gold(record)
         except json.JSONDecodeError as exc:
@@ -84,7 +98,9 @@ fields:                          # extract: field name -> description (extractiv
         extra = [f for f in gold if f not in self._specs]
         if missing or extra:
             return f"'output' fields differ from the task's: missing {missing}, unexpected {extra}"
-        return self._first_problem(gold, typed.data_problem)
+        lines = input_lines(record.input) if self.numbers_lines else []
+        return (self._first_problem(gold, typed.data_problem)
+                or self._first_problem(gold, lambda spec, value: _not_lines(spec, value, lines)))
 
     def _first_problem(self, value: dict[str, Any], problem_of: Callable[[FieldSpec, Any], str | None]) -> str | None:
         """The first declared field whose value `problem_of(spec, value)` finds fault with, as "field 'x': ..."."""
@@ -94,8 +110,9 @@ fields:                          # extract: field name -> description (extractiv
         return None
 
     def parse(self, text: str, record: Record) -> Parsed:
-        """Read the first JSON object in the answer (code fences and chatter around it are tolerated), tidy its
-        values (`tasks.fields.tidied`: a list's repeated items dropped, '' of an optional field as null, dates as
+        """Read the first JSON object in the answer (code fences and chatter around it are tolerated), read a
+        lines field's ranges as the text of those lines of the record's input, tidy its values
+        (`tasks.fields.tidied`: a list's repeated items dropped, '' of an optional field as null, dates as
         YYYY-MM-DD), then check each declared field's type; fields left out or added are scored, not refused."""
         start = text.find("{")
         if start < 0:
@@ -108,6 +125,13 @@ fields:                          # extract: field name -> description (extractiv
             return Parsed(None, "invalid JSON: nested too deeply")
         if not isinstance(value, dict):
             return Parsed(None, "the JSON is not an object")
+        if self.numbers_lines:
+            lines = input_lines(record.input)
+            problem = self._first_problem(value, lambda spec, v: _not_ranges(spec, v, lines))
+            if problem:
+                return Parsed(None, problem)
+            value = {k: ranges_text(v, lines) if k in self._specs and self._specs[k].type == "lines" else v
+                     for k, v in value.items()}
         value = {k: typed.tidied(self._specs[k], v) if k in self._specs else v for k, v in value.items()}
         problem = self._first_problem(value, typed.value_problem)
         return Parsed(None, problem) if problem else Parsed(value)
@@ -133,7 +157,7 @@ fields:                          # extract: field name -> description (extractiv
 
     def score(self, parsed: list[Parsed], records: list[Record]) -> dict[str, float]:
         """`json_valid` (a JSON object of the declared types), `schema_ok` (exactly the declared fields),
-        `record_exact`, `field_exact` and `field_exact.<f>` (`tasks.fields.same`), character F1 of string fields
+        `record_exact`, `field_exact` and `field_exact.<f>` (`tasks.fields.same`), character F1 of string and lines fields
         (`field_f1`, `field_f1.<f>`), `hallucinated` (the share of non-empty extractive values and list items not
         in the input); list fields: `list_precision`, `list_recall` and `list_f1` of their items, micro-averaged
         over all list fields and per field (`list_f1.<f>` ...); optional fields: `null_correct` (reference null,
@@ -164,11 +188,11 @@ fields:                          # extract: field name -> description (extractiv
         return [self._predicted(result, field) if result else absent for result in answers]
 
     def _string_f1(self, answers: list[Parsed | None], golds: list[dict[str, Any]]) -> dict[str, float]:
-        """Per string field: the mean character F1 of its values (an unreadable answer scores 0)."""
+        """Per string or lines field: the mean character F1 of its values (an unreadable answer scores 0)."""
         n = max(len(golds), 1)
         return {f: sum(char_f1(value or "", gold[f] or "") for value, gold, result
                        in zip(self._values(answers, f), golds, answers) if result) / n
-                for f, spec in self._specs.items() if spec.type == "string"}
+                for f, spec in self._specs.items() if spec.type in ("string", "lines")}
 
     def _list_scores(self, answers: list[Parsed | None], golds: list[dict[str, Any]]) -> dict[str, float]:
         """Set precision, recall and F1 of the list fields' items (after `normalise`), per field and micro-averaged
@@ -265,6 +289,23 @@ def _null_shares(counts: Counter, suffix: str) -> dict[str, float]:
     nulls = counts["nulls"]
     return {f"null_correct{suffix}": counts["correct"] / nulls if nulls else 1.0,
             f"null_invented{suffix}": counts["invented"] / nulls if nulls else 0.0}
+
+
+def _not_lines(spec: FieldSpec, value: Any, lines: list[Line]) -> str | None:
+    """Why a lines field's text is not whole lines of the input (`tasks.lines.line_ranges`); None for other fields."""
+    if spec.type != "lines":
+        return None
+    try:
+        line_ranges(value, lines)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _not_ranges(spec: FieldSpec, value: Any, lines: list[Line]) -> str | None:
+    """Why a lines field's answer is not ranges of the input's lines (`tasks.lines.ranges_problem`); None for other
+    fields."""
+    return ranges_problem(value, len(lines)) if spec.type == "lines" else None
 
 
 def _field_line(name: str, spec: FieldSpec) -> str:

@@ -3,6 +3,7 @@
 One place says it for every stage: `check` (training data, labelled answers) asks `data_problem`, `parse` (model
 answers, served ones too) tidies with `tidied` and then asks `value_problem`, scoring compares with `same`,
 the prompt describes each field with `hint`, and the teacher is asked for `json_schema` properties.
+A `lines` field's value is its text here too; its answer, line ranges, is read and written by `tasks.lines`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from smalltune.config import FieldSpec
 from smalltune.tasks.text import normalise, normalise_date
 
 _EXPECTED = {"string": "a string", "list": "a list of strings", "integer": "a whole number", "number": "a number",
-             "date": "a date (YYYY-MM-DD)", "boolean": "true or false"}
+             "date": "a date (YYYY-MM-DD)", "boolean": "true or false",
+             "lines": "a string (whole lines of the input)"}
 _HINTS = {"list": "字符串列表，没有的填 []", "integer": "整数", "number": "数字", "date": "日期，写成 YYYY-MM-DD",
-          "boolean": "true 或 false"}
+          "boolean": "true 或 false", "lines": "写所在行的行号范围（每行开头 [n] 中的 n）：[[起, 止], …]，没有的填 []"}
 
 
 def expected(spec: FieldSpec) -> str:
@@ -33,8 +35,8 @@ def _shown(value: Any) -> str:
 
 def _of_type(spec: FieldSpec, value: Any) -> bool:
     """Whether a non-null value has the field's type."""
-    if spec.type in ("string", "date"):
-        return isinstance(value, str) and (spec.type == "string" or bool(normalise_date(value)))
+    if spec.type in ("string", "lines", "date"):
+        return isinstance(value, str) and (spec.type != "date" or bool(normalise_date(value)))
     if spec.type == "list":
         return isinstance(value, list) and all(isinstance(item, str) for item in value)
     if spec.type == "choice":
@@ -90,10 +92,10 @@ def tidied(spec: FieldSpec, value: Any) -> Any:
 
 
 def absent(spec: FieldSpec) -> Any:
-    """The value of a field an answer leaves out: null when optional, else '' (string) or [] (list) or null."""
+    """The value of a field an answer leaves out: null when optional, else '' (string, lines) or [] (list) or null."""
     if spec.optional:
         return None
-    return {"string": "", "list": []}.get(spec.type)
+    return {"string": "", "lines": "", "list": []}.get(spec.type)
 
 
 def items(spec: FieldSpec, value: Any) -> list[str]:
@@ -111,13 +113,13 @@ def item_set(value: Any) -> set[str]:
 
 
 def same(spec: FieldSpec, prediction: Any, gold: Any) -> bool:
-    """Whether a predicted value equals the reference: strings after `normalise`, lists as sets of normalised items,
-    dates after `normalise_date`, the other types as JSON values; a value of the wrong type never."""
+    """Whether a predicted value equals the reference: strings (and lines) after `normalise`, lists as sets of
+    normalised items, dates after `normalise_date`, the other types as JSON values; a value of the wrong type never."""
     if value_problem(spec, prediction) or value_problem(spec, gold):
         return False
     if prediction is None or gold is None:
         return prediction is gold
-    if spec.type == "string":
+    if spec.type in ("string", "lines"):
         return normalise(prediction) == normalise(gold)
     if spec.type == "list":
         return item_set(prediction) == item_set(gold)
@@ -136,11 +138,13 @@ def hint(spec: FieldSpec) -> str:
 
 
 def json_schema(spec: FieldSpec) -> dict[str, Any]:
-    """The field as a JSON Schema property (OpenAI's strict mode: an optional value is its type or null)."""
+    """The field as a JSON Schema property (OpenAI's strict mode: an optional value is its type or null); a lines
+    field as the line ranges the student answers."""
     kinds = {"string": {"type": "string"}, "list": {"type": "array", "items": {"type": "string"}},
              "choice": {"type": "string", "enum": list(spec.choices or ())}, "integer": {"type": "integer"},
              "number": {"type": "number"}, "boolean": {"type": "boolean"},
-             "date": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"}}
+             "date": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"},
+             "lines": {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}}
     prop = {**kinds[spec.type], "description": spec.description}
     if spec.optional:
         prop["type"] = [prop["type"], "null"]

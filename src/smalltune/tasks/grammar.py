@@ -9,6 +9,9 @@ ASCII letters or digits (`situ.jing@qq.com`, not `sit`). That boundary keeps a t
 that writes `sit` as one token (it learned `s` + `itu`, the answer's canonical tokens) finds only `u` left to
 continue with, and closing the string would otherwise be the likelier choice. The engines ground on the
 input as the model is shown it (shortened to fit model.max_length), and at most `MAX_GROUNDED_CHARS` of it.
+A `lines` field's value is a list of line ranges `[start, end]` (`tasks.lines`): each number a line of the input
+(1..n) and no range ending before it starts, through one rule per line number, O(n) rules. Their order is not
+constrained (that would take a rule per pair of lines): parsing sorts and joins them.
 """
 
 from __future__ import annotations
@@ -164,8 +167,10 @@ def _text_value(spec: FieldSpec, copied: bool, can_copy: bool) -> _Value:
 
 def _field_value(spec: FieldSpec, copied: bool, can_copy: bool) -> _Value:
     """One field's value as `json.dumps(..., ensure_ascii=False)` writes it (or null, when optional); `copied`:
-    spelled from the grounding text, which is not empty when `can_copy`."""
-    if spec.type in ("string", "list"):
+    spelled from the grounding text, which is not empty when `can_copy`; a lines field's through `ranges`."""
+    if spec.type == "lines":
+        value = _Value("ranges")
+    elif spec.type in ("string", "list"):
         value = _text_value(spec, copied, can_copy)
     elif spec.type == "choice":
         value = _Value(" | ".join(ebnf_literal(json.dumps(c, ensure_ascii=False)) for c in spec.choices or ()))
@@ -187,10 +192,10 @@ def _helper_rules(names: set[str]) -> list[str]:
     return [rule for name, (rule, _) in _HELPERS.items() if name in needed]
 
 
-def extract_grammar(fields: Mapping[str, FieldSpec], text: str | None) -> str:
+def extract_grammar(fields: Mapping[str, FieldSpec], text: str | None, line_count: int = 0) -> str:
     """EBNF of the canonical answer object: the declared fields in order, each value of its type; with a
     grounding `text`, extractive values (a list's items) are spelled from it, all through one set of substring
-    rules."""
+    rules; lines fields name lines 1..`line_count` of the input (`line_ranges_rules`)."""
     grounded = text is not None and any(spec.extractive for spec in fields.values())
     values = [_field_value(spec, grounded and bool(spec.extractive), bool(text)) for spec in fields.values()]
     keys = [ebnf_literal(("" if i == 0 else ", ") + json.dumps(name, ensure_ascii=False) + ": ")
@@ -199,7 +204,80 @@ def extract_grammar(fields: Mapping[str, FieldSpec], text: str | None) -> str:
     rules += _helper_rules({helper for value in values for helper in value.helpers})
     if grounded:
         rules.append(substring_rules(text, "s", nonempty=any(value.copies_some for value in values)))
+    if any(spec.type == "lines" for spec in fields.values()):
+        rules += line_ranges_rules(line_count)
     return "\n".join(rules)
+
+
+def line_ranges_rules(count: int) -> list[str]:
+    """EBNF `ranges`: the canonical answer of a lines field as `json.dumps` writes it (`[[3, 5], [8, 8]]`): ranges
+    of lines 1..`count`, each start <= end, each next range starting past the line after the last one's end (what
+    `tasks.lines.merged` writes), so an answer is at most `count` / 2 ranges; only `[]` when `count` is 0."""
+    if count == 0:
+        return ['ranges ::= "[]"']
+    numbers = _LineNumbers(count)
+    return [f'ranges ::= "[]" | "[[" {numbers.at_least("ls", 1)}', *numbers.rules()]
+
+
+class _LineNumbers:
+    """The rules of line numbers in ranges: each number, written digit by digit, followed by what its role allows.
+    A start k (role `ls`) is followed by an end from k on; an end k (role `le`) by `]` and either the list's end or
+    a next start from k + 2 on. Rules, made as they are first named: `<role><k>` (the digits so far spell k, a
+    number or the start of a longer one), `<role><k>x<n>` (k and at least n more digits), `<role><m>t<j>` (numbers
+    >= m whose first j digits are m's): O(count x digits) in all."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self._named: set[str] = set()
+        self._todo: list[tuple[str, tuple]] = []
+
+    def _name(self, name: str, spec: tuple) -> str:
+        if name not in self._named:
+            self._named.add(name)
+            self._todo.append((name, spec))
+        return name
+
+    def at_least(self, role: str, low: int) -> str:
+        """The rule of a number from `low` to the last line (low <= count), then its role's continuation."""
+        return self._tight(role, str(low), 0)
+
+    def _tight(self, role: str, low: str, j: int) -> str:
+        return self._longer(role, int(low), 0) if j == len(low) else self._name(f"{role}{low}t{j}", (role, low, j))
+
+    def _longer(self, role: str, prefix: int, more: int) -> str:
+        """`prefix` followed by at least `more` digits (a line number in all); viable: prefix * 10**more <= count."""
+        return self._name(f"{role}{prefix}" + (f"x{more}" if more else ""), (role, prefix, more))
+
+    def rules(self) -> list[str]:
+        """Every rule named so far, and those their bodies name, once each."""
+        written = []
+        while self._todo:
+            name, spec = self._todo.pop()
+            body = self._tight_body(*spec) if isinstance(spec[1], str) else self._longer_body(*spec)
+            written.append(f"{name} ::= {body}")
+        return written
+
+    def _digits(self, role: str, prefix: int, more: int, digits: range) -> list[str]:
+        """'"d" <rule>' for each digit d in `digits` after which a line number with `more` further digits exists."""
+        return [f'"{d}" {self._longer(role, prefix * 10 + d, more)}' for d in digits
+                if (prefix * 10 + d) * 10**more <= self.count]
+
+    def _longer_body(self, role: str, prefix: int, more: int) -> str:
+        finished = [self._after(role, prefix)] if more == 0 else []
+        return " | ".join([*finished, *self._digits(role, prefix, max(more - 1, 0), range(10))])
+
+    def _tight_body(self, role: str, low: str, j: int) -> str:
+        prefix, digit, left = int(low[:j] or 0), int(low[j]), len(low) - j - 1
+        return " | ".join([*self._digits(role, prefix, left + 1, range(1 if j == 0 else 0, digit)),
+                           f'"{digit}" {self._tight(role, low, j + 1)}',
+                           *self._digits(role, prefix, left, range(digit + 1, 10))])
+
+    def _after(self, role: str, number: int) -> str:
+        """What follows a finished number: a start's end (from the start on), an end's `]` and what may follow."""
+        if role == "ls":
+            return f'", " {self.at_least("le", number)}'
+        more = f' | ", [" {self.at_least("ls", number + 2)}' if number + 2 <= self.count else ""
+        return f'"]" ("]"{more})'
 
 
 def choice_grammar(labels: list[str]) -> str:
