@@ -46,7 +46,7 @@ def test_demo_list_shows_every_recipe_with_its_time():
 
 
 def test_unknown_recipe_names_the_choices(tmp_path):
-    with pytest.raises(ConfigError, match="complaints, policy-pages, news-classify, role-play, entities"):
+    with pytest.raises(ConfigError, match="complaints, policy-pages, web-pages, news-classify, role-play, entities"):
         get_recipe("sentiment")
 
 

@@ -201,12 +201,12 @@ def predict(
 
 @app.command()
 def demo(
-    recipe: str = typer.Argument("complaints", help="The recipe: complaints, policy-pages, news-classify, role-play, entities."),
+    recipe: str = typer.Argument("complaints", help="The recipe: complaints, policy-pages, web-pages, news-classify, role-play, entities."),
     list_recipes: bool = typer.Option(False, "--list", help="List the recipes with their expected time, and exit."),
     work_dir: Path = typer.Option(None, help="Where the data, the run and the results go (default: runs/demo, or runs/demo-RECIPE)."),
     train_records: int = typer.Option(None, help="Training records (default: the recipe's)."),
     test_records: int = typer.Option(None, help="Held-out records, unseen in training (default: the recipe's)."),
-    data_dir: Path = typer.Option(None, envvar="SMALLTUNE_DATA_DIR", help="Folder holding tnews/, huanhuan/ and cluener/ (default: shared/data beside the repository)."),
+    data_dir: Path = typer.Option(None, envvar="SMALLTUNE_DATA_DIR", help="Folder holding tnews/, huanhuan/, cluener/ and web-pages/ (default: shared/data beside the repository)."),
     model: str = typer.Option(None, help="Fine-tune this model instead of the recipe's (a local dir, .gguf or hub id)."),
     prepare_only: bool = typer.Option(False, "--prepare-only", help="Write the data and task.yaml, then stop."),
     seeds: int = typer.Option(1, min=1, help="Train this many times (train.seed, +1, ...) on the same data and "

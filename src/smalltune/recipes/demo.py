@@ -1,11 +1,12 @@
 """The recipes: each seed task as data written to a folder, its task file, a LoRA fine-tune, and every system measured.
 
 A recipe's task file is package data (smalltune/recipes/<name>.yaml, also linked from examples/<name>/).
-Its data comes from a writer in `recipes.synth`: a generator (complaints, policy-pages) or a public data set
+Its data comes from a writer in `recipes.synth`: a generator (complaints, policy-pages, web-pages) or a public data set
 read from the shared data folder (news-classify: TNEWS, role-play: huanhuan, entities: CLUENER2020), which is never
 copied into the project.
 A recipe may also measure the fine-tuned model on other test files its writer makes (news-classify: the same
-headlines among a few candidates each; complaints: the hand-written challenge set shipped in `recipes/challenge/`),
+headlines among a few candidates each; complaints: the hand-written challenge set shipped in `recipes/challenge/`;
+web-pages: the real labelled pages of the shared data folder),
 and quote published results on its benchmark beside its own. With several seeds the demo trains once per seed on the
 same data and reports each metric's mean and range over them.
 """
@@ -28,7 +29,9 @@ from smalltune.recipes.synth.cluener import write_entities
 from smalltune.recipes.synth.complaints import write_complaints
 from smalltune.recipes.synth.huanhuan import write_role_play
 from smalltune.recipes.synth.policy_pages import write_pages
+from smalltune.recipes.synth.real_pages import REAL_FILE, write_real_pages
 from smalltune.recipes.synth.tnews import FEW_CANDIDATES_FILE, write_news
+from smalltune.recipes.synth.web_pages import write_web_pages
 from smalltune.training.run import train
 
 
@@ -53,6 +56,13 @@ def write_complaints_and_challenge(out_dir: Path, n_train: int, n_test: int, _da
     paths = write_complaints(out_dir, n_train, n_test)
     challenge = resources.files("smalltune.recipes").joinpath("challenge", "complaints.jsonl")
     atomic_write_text(Path(out_dir) / CHALLENGE_FILE, challenge.read_text(encoding="utf-8"))
+    return paths
+
+
+def write_web_pages_and_real(out_dir: Path, n_train: int, n_test: int, data_dir: Path | None) -> tuple[Path, Path]:
+    """The generated web pages (train.jsonl, test.jsonl) and, beside them, the real labelled pages (real.jsonl)."""
+    paths = write_web_pages(out_dir, n_train, n_test)
+    write_real_pages(out_dir, data_dir)
     return paths
 
 
@@ -116,6 +126,9 @@ RECIPES: dict[str, Recipe] = {
                (OtherTest("hand-written challenge set", CHALLENGE_FILE, untuned=True),)),
         Recipe("policy-pages", "policy page text -> title, date, body",
                lambda out, n, m, _: write_pages(out, n, m), 80, 32, 21, True),
+        Recipe("web-pages", "web page HTML -> publish date, main text as line ranges",
+               write_web_pages_and_real, 48, 16, 25, False,
+               (OtherTest("real pages", REAL_FILE, untuned=True),)),
         Recipe("news-classify", "TNEWS headline -> one of the 15 categories (FewCLUE)",
                write_news, 1185, 200, 15, True,
                (OtherTest("few candidates (3-6 per headline)", FEW_CANDIDATES_FILE),),

@@ -12,7 +12,7 @@ DATA_DIR_ENV = "SMALLTUNE_DATA_DIR"
 
 
 def shared_data_dir(given: Path | None = None) -> Path:
-    """The folder holding tnews/, huanhuan/ and cluener/: `given`, else $SMALLTUNE_DATA_DIR, else shared/data beside the repository."""
+    """The folder holding tnews/, huanhuan/, cluener/ and web-pages/: `given`, else $SMALLTUNE_DATA_DIR, else shared/data beside the repository."""
     if given is not None:
         return Path(given)
     if os.environ.get(DATA_DIR_ENV):
