@@ -14,10 +14,12 @@ from smalltune.cli import app
 from smalltune.config import load_config
 from smalltune.data.html import page_text
 from smalltune.data.records import load_records, load_splits
+from smalltune.evaluation.evaluate import run_baseline
 from smalltune.recipes.demo import RECIPES, prepare_recipe
 from smalltune.recipes.synth.real_pages import REAL_FILE, answerable, real_pages
 from smalltune.recipes.synth.web_pages import SITES, TEST_SITES, TEST_TOPICS, TRAIN_SITES, TRAIN_TOPICS, generate_web_pages
 from smalltune.tasks import build_task
+from smalltune.training.datacheck import check_data
 
 needs_pages = pytest.mark.skipif(not (SHARED_DATA / "web-pages").is_dir(), reason="shared/data is not beside the repo")
 
@@ -115,3 +117,28 @@ def test_cli_prepare_only_writes_the_task_file_the_generated_and_the_real_pages(
     for name, count in (("train.jsonl", 4), ("test.jsonl", 2), (REAL_FILE, 22)):
         rows = (tmp_path / "data" / name).read_text(encoding="utf-8").splitlines()
         assert len(rows) == count and all("html" in json.loads(row) and "input" not in json.loads(row) for row in rows)
+
+
+@needs_pages
+def test_model_max_length_holds_the_generated_pages_and_all_but_the_longest_real_page(tmp_path):
+    """`smalltune data check` with the real tokenizer: no problems, no generated page shortened, and of the real
+    pages only the 398-line one (10,537 prompt tokens) loses its last lines."""
+    config = load_config(prepare_recipe("web-pages", tmp_path, 12, 4, data_dir=SHARED_DATA, log=lambda _: None))
+    report = check_data(config)
+    assert report.problems == [] and report.shortened == [] and report.counts == {"train": 12, "validation": 0, "test": 4}
+    real = check_data(config.model_copy(update={"data": config.data.model_copy(update={"test": tmp_path / "data" / REAL_FILE})}))
+    assert real.problems == [] and real.counts["test"] == 22 and len(real.shortened) == 1
+
+
+def test_page_baselines_answer_a_lines_field_with_the_lines_their_text_holds(splits, config, tmp_path):
+    """trafilatura and GNE extract text; for a lines field it becomes the ranges of the page lines it holds, so
+    the task's own parse and score judge them like the model."""
+    _, test = splits
+    data = config.data.model_copy(update={"train": write_jsonl(tmp_path / "t.jsonl", test[:1]),
+                                          "test": write_jsonl(tmp_path / "test.jsonl", test[:6])})
+    task = build_task(config)
+    records = load_splits(data, check=task.check).test
+    for name in ("trafilatura", "gne"):
+        result = run_baseline(name, config, [], records)
+        assert result.metrics["json_valid"] == 1.0 and result.metrics["field_f1.content"] > 0.3, name
+        assert all(isinstance(json.loads(answer)["content"], list) for answer in result.answers)

@@ -16,6 +16,7 @@ from smalltune.data.records import Record
 from smalltune.errors import ConfigError, DataError
 from smalltune.registry import BASELINES
 from smalltune.tasks import build_task
+from smalltune.tasks.lines import input_lines, line_ranges
 from smalltune.tasks.text import EMAIL, normalise_date
 
 
@@ -89,14 +90,16 @@ class PageExtractor(Baseline):
     """A rule-based article extractor on each record's page HTML (an `html` column, read into Record.extra).
 
     `extract` maps HTML to {title, publishtime, content}; the answer keeps the task's fields that it fills
-    (the others empty), with the date normalised to YYYY-MM-DD like the training answers.
+    (the others empty), with the date normalised to YYYY-MM-DD like the training answers. A `lines` field is
+    answered as the ranges of the record's input lines that the extracted text holds (`tasks.lines.line_ranges`,
+    any share covered): the extractor's text scored as the whole lines of the page it found.
     """
 
     kinds = ("extract",)
 
     def __init__(self, config: TaskConfig):
         super().__init__(config)
-        self.fields = list(config.fields)
+        self.fields = config.fields
 
     def extract(self, page_html: str) -> dict[str, str]:
         """{title, publishtime, content} of one page ({} when nothing is found)."""
@@ -110,7 +113,10 @@ class PageExtractor(Baseline):
                 raise DataError(f"{record.where}: the {self.name} baseline reads the page from an 'html' column; add it")
             found = self.extract(page_html)
             found["publishtime"] = normalise_date(found.get("publishtime"))
-            answers.append(json.dumps({f: found.get(f) or "" for f in self.fields}, ensure_ascii=False))
+            lines = input_lines(record.input)
+            answers.append(json.dumps({name: line_ranges(found.get(name) or "", lines, min_covered=0)
+                                       if spec.type == "lines" else found.get(name) or ""
+                                       for name, spec in self.fields.items()}, ensure_ascii=False))
         return answers
 
 
@@ -179,7 +185,7 @@ class ComplaintRules(Baseline):
                 f"eval.baselines: {self.name} answers the complaints fields name, address, email, question; "
                 f"this task has fields {sorted(config.fields)}: remove it from eval.baselines"
             )
-        self.fields = list(config.fields)
+        self.fields = config.fields
 
     def answer(self, records: list[Record]) -> list[str]:
         return [json.dumps(self.extract(r.input), ensure_ascii=False) for r in records]

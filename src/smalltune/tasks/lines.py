@@ -97,14 +97,14 @@ def ranges_text(ranges: list[list[int]], lines: list[Line]) -> str:
     return "\n".join(lines[n - 1].text for start, end in merged(ranges) for n in range(start, end + 1))
 
 
-def line_ranges(gold: str, lines: list[Line]) -> list[list[int]]:
+def line_ranges(gold: str, lines: list[Line], min_covered: float = MIN_COVERED) -> list[list[int]]:
     """The ranges of whole lines that make up `gold`: the lines, in input order, found in it one after another,
     covering the most of it, then in the fewest ranges. Lines and gold are compared after `normalise` (full and
     half width alike, whitespace ignored: line breaks, indents and the spaces a page renderer puts between inline
     elements do not matter). [] for an empty `gold`. Cost: lines x lines found, 0.3 s for a 1,000-line body.
 
     Raises ValueError quoting the first text of `gold` on no line of its own when the lines cover less than
-    `MIN_COVERED` of it (a line cut in the middle is not found).
+    `min_covered` of it (a line cut in the middle is not found); 0 takes whatever lines are found.
     """
     target = normalise(gold)
     keys = [normalise(line.text) for line in lines]
@@ -121,10 +121,10 @@ def line_ranges(gold: str, lines: list[Line]) -> list[list[int]]:
                 _keep_better(step, (at + len(key), True), _Match(match.covered + len(key), ranges))
         states = step
     best = max(states.values(), key=_Match.rank)
-    if target and best.covered < MIN_COVERED * len(target):
+    if target and best.covered < min_covered * len(target):
         gap = _first_gap(target, [keys[n - 1] for start, end in best.ranges for n in range(start, end + 1)])
         raise ValueError(f"only {best.covered / len(target):.0%} of the text is whole lines of the input (at least "
-                         f"{MIN_COVERED:.0%} must be): {gap!r} (spaces removed) is on no line of its own; give whole "
+                         f"{min_covered:.0%} must be): {gap!r} (spaces removed) is on no line of its own; give whole "
                          "lines of the input, or make the field type: string")
     return [list(pair) for pair in best.ranges]
 
