@@ -119,6 +119,7 @@ class Article:
 
 
 def _sentence(template: str, rng: random.Random, fake: Faker, topic: str) -> str:
+    """The template with its slots filled: places, people and companies from Faker, numbers from `rng`."""
     return template.format(
         topic=topic, place=fake.city_name(), person=fake.name(), org=fake.company(), year=rng.randint(2005, 2026),
         month=rng.randint(1, 12), day=rng.randint(1, 28), pct=rng.randint(3, 60), num=rng.randint(2, 90))
@@ -137,6 +138,7 @@ def _paragraphs(genre: str, rng: random.Random, fake: Faker, topic: str, chars: 
 
 
 def _headline(rng: random.Random, fake: Faker, topic: str) -> str:
+    """A news headline on `topic`, as article lists show them."""
     return f"{fake.city_name()}{rng.choice(HEADLINE_WORDS)}{topic}{rng.choice(('新举措', '最新进展', '工作方案', '调查', '观察'))}"
 
 
