@@ -135,7 +135,7 @@ RECIPES: dict[str, Recipe] = {
                FEWCLUE_TNEWS),
         Recipe("role-play", "a line to 甄嬛 -> her reply", write_role_play, 600, 100, 17, True),
         Recipe("entities", "news sentence -> its entities of 10 types, a list each (CLUENER2020)",
-               write_entities, 2000, 500, 95, False, published=CLUENER2020),
+               write_entities, 2000, 500, 180, False, published=CLUENER2020),
     )
 }
 
