@@ -30,6 +30,7 @@ from smalltune.inference.predict import PREDICTION_KEYS, answer_rows, invalid_ro
 from smalltune.io import append_jsonl, json_line, read_appended
 from smalltune.runs import RunDir
 
+BLOCK_BATCHES = 16  # engine batches per Ray block: a lost block is redone whole; a small one pads more (length sort)
 SHARD_PREFIX = "part-"  # the output folder holds part-00000.jsonl, part-00001.jsonl, ...: one per driver run
 
 
@@ -71,7 +72,7 @@ def predict_on_ray(
             append_jsonl(handle, invalid_row(row))
         if not todo:
             return 0
-        for lines in _answered_on_ray(ray, run, todo, plan, engine, config.infer.batch_size * 4):
+        for lines in _answered_on_ray(ray, run, todo, plan, engine, config.infer.batch_size):
             handle.writelines(lines)
             handle.flush()
             if on_batch:
@@ -116,11 +117,12 @@ def _import_ray() -> Any:
     return ray
 
 
-def _block_size(records: int, chunk: int, workers: int) -> int:
-    """Records per block: at most `chunk`, with a number of blocks that the workers share evenly."""
-    blocks = -(-records // chunk)
+def _block_size(records: int, batch: int, workers: int) -> int:
+    """Records per block: whole engine batches (the engine sorts a block by length, then batches it), at most
+    `BLOCK_BATCHES` of them, in a number of blocks the workers share evenly."""
+    blocks = -(-records // (batch * BLOCK_BATCHES))
     blocks = -(-blocks // workers) * workers
-    return max(1, -(-records // blocks))
+    return -(-records // blocks // batch) * batch if records >= blocks * batch else max(1, -(-records // blocks))
 
 
 class _Answerer:
@@ -143,7 +145,7 @@ class _Answerer:
 
 
 def _answered_on_ray(ray: Any, run: RunDir, todo: list[Record], plan: RayPlan, engine: str,
-                     chunk: int) -> Iterator[list[str]]:
+                     batch: int) -> Iterator[list[str]]:
     """The output lines of `todo`, a finished batch at a time, answered by the plan's actors."""
 
     started_here = not ray.is_initialized()
@@ -155,7 +157,7 @@ def _answered_on_ray(ray: Any, run: RunDir, todo: list[Record], plan: RayPlan, e
         context.enable_progress_bars = False
         context.print_on_execution_start = False
         items = [{"record": pickle.dumps(record)} for record in todo]
-        size = _block_size(len(items), chunk, plan.workers)
+        size = _block_size(len(items), batch, plan.workers)
         dataset = ray.data.from_items(items, override_num_blocks=-(-len(items) // size))
         answered = dataset.map_batches(
             _Answerer, batch_size=size, batch_format="numpy",
