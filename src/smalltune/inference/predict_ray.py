@@ -122,7 +122,8 @@ def _block_size(records: int, batch: int, workers: int) -> int:
     `BLOCK_BATCHES` of them, in a number of blocks the workers share evenly."""
     blocks = -(-records // (batch * BLOCK_BATCHES))
     blocks = -(-blocks // workers) * workers
-    return -(-records // blocks // batch) * batch if records >= blocks * batch else max(1, -(-records // blocks))
+    per_block = -(-records // blocks)
+    return -(-per_block // batch) * batch if per_block >= batch else per_block  # fewer: a block for each worker
 
 
 class _Answerer:
