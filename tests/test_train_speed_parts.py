@@ -13,7 +13,7 @@ from smalltune.config import TaskConfig
 from smalltune.errors import ConfigError
 from smalltune.recipes.synth.complaints import FIELDS, generate_complaints
 from smalltune.training.run import build_trainer, sft_config
-from smalltune.training.trainer import labelled_positions
+from smalltune.training.trainer import answer_logits, labelled_positions, shared_prefix_length
 
 
 def tiny_config(tmp_path, model_dir, **train) -> TaskConfig:
@@ -58,6 +58,45 @@ def test_the_answer_only_loss_equals_the_full_logits_loss_in_value_and_gradients
     for name, grad in full_grads.items():
         torch.testing.assert_close(trimmed_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
     assert trainer._metrics["train"]["mean_token_accuracy"], "token accuracy is still logged"
+
+
+def test_a_batch_s_shared_opening_runs_once_and_gives_the_same_loss_and_gradients(trainer_and_batch):
+    trainer, batch = trainer_and_batch
+    model = trainer.model.train()
+    keep, targets = labelled_positions(batch["labels"])
+    prefix = shared_prefix_length(batch["input_ids"], batch["attention_mask"], keep)
+    assert prefix > 20 and prefix < int(batch["attention_mask"].sum(1).min())  # system + instruction, not the inputs
+
+    embedded = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda module, args, out: embedded.append(args[0].numel()))
+
+    def loss_and_grads(shared: int):
+        model.zero_grad()
+        embedded.clear()
+        logits = answer_logits(model, dict(batch), keep, shared)
+        loss = F.cross_entropy(logits.float(), targets)
+        loss.backward()
+        return loss, lora_grads(model), sum(embedded)
+
+    whole, whole_grads, whole_tokens = loss_and_grads(0)
+    shared, shared_grads, shared_tokens = loss_and_grads(prefix)
+    hook.remove()
+    rows = batch["input_ids"].shape[0]
+    assert whole_tokens - shared_tokens == (rows - 1) * prefix  # the opening ran once, not once per row
+    torch.testing.assert_close(shared, whole, rtol=1e-5, atol=1e-6)
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_shared_opening_stops_before_the_first_answer_and_needs_two_rows():
+    ids = torch.tensor([[1, 2, 3, 4, 9, 0], [1, 2, 3, 5, 9, 9]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
+    nothing = torch.zeros_like(ids, dtype=torch.bool)
+    assert shared_prefix_length(ids, mask, nothing) == 3
+    answer_at_2 = nothing.clone()
+    answer_at_2[1, 1] = True  # position 1 predicts row 1's first answer token
+    assert shared_prefix_length(ids, mask, answer_at_2) == 1
+    assert shared_prefix_length(ids[:1], mask[:1], nothing[:1]) == 0
 
 
 def test_logits_are_built_only_at_answer_positions(trainer_and_batch):

@@ -167,7 +167,7 @@ class TransformersEngine(Engine):
         """One forward pass continuing `cache` (None: a new one); its output's logits only where `keep` says: the
         last `keep` positions, or a (rows, length) mask (one logits row per kept position, in order)."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
-                         logits_to_keep=keep, **({_cache_argument(self.model): cache} if cache is not None else {}))
+                         logits_to_keep=keep, **({cache_argument(self.model): cache} if cache is not None else {}))
         if isinstance(keep, torch.Tensor) and (out.logits.dim() != 2 or out.logits.shape[0] != int(keep.sum())):
             raise ModelError(f"{type(self.model).__name__} does not return logits for selected positions only; "
                              "set infer.classify: generate")
@@ -181,7 +181,7 @@ class TransformersEngine(Engine):
         return ids, mask
 
 
-def _cache_argument(model: PreTrainedModel) -> str:
+def cache_argument(model: PreTrainedModel) -> str:
     """The name under which the model's forward takes a KV cache: `cache` in recent transformers (which deprecate
     `past_key_values`, the name up to 5.2x)."""
     base = model.get_base_model() if isinstance(model, PeftModel) else model

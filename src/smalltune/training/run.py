@@ -141,6 +141,7 @@ def speed_choices(config: TaskConfig, args: SFTConfig) -> list[str]:
         f"LoRA dropout {config.lora.dropout:g}"
         f"{', LoRA inputs left in bf16' if uncast_lora_inputs(config, torch.bfloat16 if args.bf16 else torch.float32) else ''}"
         " (lora.dropout)",
+        f"batches' shared prompt opening run {'once' if t.share_prefix else 'in every row'} (train.share_prefix={t.share_prefix})",
         f"{'length-grouped' if t.group_by_length else 'random'} batches (train.group_by_length={t.group_by_length})",
         f"Liger kernels {'on' if args.use_liger_kernel else 'off'} (train.liger_kernel={t.liger_kernel})",
         f"{args.world_size} process(es), {args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps} "
@@ -185,6 +186,7 @@ def build_trainer(config: TaskConfig) -> SFTTrainer:
         callbacks=[JsonLog(run.train_log), *tracker_callbacks(config, run)],
         labelled_logits=config.train.logits == "labelled",
         uncast_lora_inputs=uncast_lora_inputs(config, dtype),
+        share_prefix=config.train.share_prefix,
     )
     log.info("speed settings: %s", "; ".join(speed_choices(config, trainer.args)))
     if splits.validation:

@@ -1,5 +1,5 @@
-"""The trainer: TRL's SFTTrainer with a loss computed at answer positions only, LoRA inputs left in bf16, and a
-length-grouped batch order that a resumed run repeats."""
+"""The trainer: TRL's SFTTrainer with a loss computed at answer positions only, each batch's shared prompt opening
+computed once, LoRA inputs left in bf16, and a length-grouped batch order that a resumed run repeats."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from trl import SFTTrainer
 
 from smalltune.config import TaskConfig
 from smalltune.errors import ModelError
+from smalltune.inference.transformers_engine import cache_argument
 
 
 def uncast_lora_inputs(config: TaskConfig, dtype: torch.dtype) -> bool:
@@ -29,6 +30,38 @@ def labelled_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = next_labels != -100
     return keep, next_labels[keep[:, :-1]]
+
+
+def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, keep: torch.Tensor) -> int:
+    """How many leading tokens every row of a (right-padded) batch has in common before its first labelled
+    position: the system prompt and instruction of a task, computed once for the batch when shared."""
+    if input_ids.shape[0] < 2:
+        return 0
+    same = (input_ids == input_ids[:1]).all(0) & ~keep.any(0)
+    if attention_mask is not None:
+        same &= attention_mask.bool().all(0)
+    return int(same.long().cumprod(0).sum())
+
+
+def answer_logits(model, inputs: dict[str, torch.Tensor], keep: torch.Tensor, prefix: int = 0) -> torch.Tensor:
+    """The logits at the `keep` positions (as `logits_to_keep=keep` gives them), with the batch's first `prefix`
+    tokens run once and their keys and values repeated for every row.
+
+    The rows' shared prefix is the same computation in every row; running it once and attending to it through
+    the KV cache gives the same logits, and its gradients (the sum over rows) flow back through the cache.
+    """
+    model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    if prefix == 0:
+        return model(**model_inputs, use_cache=False, logits_to_keep=keep).logits
+    ids = model_inputs.pop("input_ids")
+    cache = model(input_ids=ids[:1, :prefix], use_cache=True, logits_to_keep=1).past_key_values
+    cache.batch_repeat_interleave(ids.shape[0])
+    model_inputs[cache_argument(model)] = cache
+    model_inputs.setdefault("attention_mask", torch.ones_like(ids))
+    if "position_ids" in model_inputs:
+        model_inputs["position_ids"] = model_inputs["position_ids"][:, prefix:]
+    return model(input_ids=ids[:, prefix:], use_cache=True, **model_inputs,
+                 logits_to_keep=keep[:, prefix:]).logits
 
 
 def _trl_head_is_labelled_only(device: torch.device) -> bool:
@@ -66,6 +99,10 @@ class SmalltuneTrainer(SFTTrainer):
     PEFT wrappers as usual and the LM head projects the answer positions only. Token accuracy, entropy and
     the token count are logged under TRL's names.
 
+    With `share_prefix` (train.share_prefix) the opening every row of a training batch has in common runs once
+    for the batch (`answer_logits`); a task's system prompt, instruction and label list are often most of a
+    short example.
+
     With `uncast_lora_inputs` (bf16 autocast, no LoRA dropout), training and evaluation steps (forward, backward
     and any recomputation) feed the LoRA layers their bf16 input as it is: peft would copy it to the adapter's
     float32 and autocast would copy it straight back to bf16 for the same matmul (about a tenth of a CPU step),
@@ -73,10 +110,20 @@ class SmalltuneTrainer(SFTTrainer):
     outside the steps keeps peft's cast.
     """
 
-    def __init__(self, *args, labelled_logits: bool = True, uncast_lora_inputs: bool = False, **kwargs):
+    def __init__(self, *args, labelled_logits: bool = True, uncast_lora_inputs: bool = False,
+                 share_prefix: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.labelled_logits = labelled_logits
         self.uncast_lora_inputs = uncast_lora_inputs
+        self.share_prefix = share_prefix
+
+    def _shared_prefix(self, inputs: dict, keep: torch.Tensor) -> int:
+        """The batch's shared prefix length when training steps share it (train.share_prefix): one process
+        (DDP expects one forward per backward) and no gradient checkpointing (which drops the KV cache)."""
+        if not (self.share_prefix and self.model.training and self.args.world_size == 1
+                and not self.args.gradient_checkpointing):
+            return 0
+        return shared_prefix_length(inputs["input_ids"], inputs.get("attention_mask"), keep)
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
@@ -98,8 +145,7 @@ class SmalltuneTrainer(SFTTrainer):
         if trl_loss or return_outputs or self.aux_loss_enabled:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         keep, targets = labelled_positions(inputs["labels"])
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        logits = model(**model_inputs, use_cache=False, logits_to_keep=keep).logits
+        logits = answer_logits(model, inputs, keep, self._shared_prefix(inputs, keep))
         if logits.dim() != 2 or logits.shape[0] != targets.numel():
             raise ModelError(
                 f"{type(self.model).__name__} does not return logits for selected positions only; set train.logits: trl"
