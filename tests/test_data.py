@@ -10,7 +10,7 @@ import pytest
 
 from smalltune.config import DataConfig
 from smalltune.data.readers import read_rows
-from smalltune.data.records import Record, find_duplicates, load_records, load_splits
+from smalltune.data.records import Record, find_duplicates, load_inputs, load_records, load_splits
 from smalltune.errors import DataError
 
 TNEWS = Path("/work/shared/data/tnews/tnews_dev_few_all.json")
@@ -236,6 +236,47 @@ def test_missing_file_and_unknown_suffix(tmp_path: Path) -> None:
     (tmp_path / "d.txt").write_text("x")
     with pytest.raises(DataError, match=r"\.json \.jsonl \.csv"):
         read_rows(tmp_path / "d.txt")
+
+
+# --- files named by URL ---------------------------------------------------------------------------
+
+
+def test_a_file_or_folder_named_by_url_reads_as_the_same_files_on_disk(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    folder = tmp_path / "in box"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", [{"id": "a1", "input": "张三"}, {"input": "没有编号"}, {"id": 3}])
+    write_csv(folder / "b.csv", [{"id": "", "input": "李四"}, {"id": "b2", "input": "王五"}])
+    pq.write_table(pa.Table.from_pylist([{"input": "赵六"}]), folder / "c.parquet")
+    (folder / "notes.txt").write_text("not data", encoding="utf-8")
+    local = load_inputs(folder, config(folder))
+
+    def same(loaded, at):  # the ids and rows of a local read, each `where` the URL and line
+        assert [(r.id, r.input, r.where) for r in loaded.records] == [
+            (r.id, r.input, r.where.replace(str(folder), at)) for r in local.records]
+        assert loaded.problems == [p.replace(str(folder), at) for p in local.problems]
+
+    assert [r.id for r in local.records] == ["a1", "a-2", "b-2", "b2", "c-1"] and len(local.problems) == 1
+    same(load_inputs(folder.as_uri(), config(folder)), folder.as_uri())  # through pyarrow's filesystem
+    for name in ("a.jsonl", "b.csv"):
+        one = load_inputs((folder / name).as_uri(), config(folder))
+        assert [r.id for r in one.records] == [r.id for r in local.records if r.where.startswith(str(folder / name))]
+    fsspec = pytest.importorskip("fsspec")  # a scheme pyarrow does not know goes through fsspec
+    memory = fsspec.filesystem("memory")
+    for path in folder.iterdir():
+        memory.pipe(f"/urls-test/in box/{path.name}", path.read_bytes())
+    same(load_inputs("memory://urls-test/in box", config(folder)), "memory://urls-test/in box")
+
+
+def test_a_url_that_names_nothing_readable_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"^file://.*/nope\.jsonl: no such data file or folder"):
+        load_inputs((tmp_path / "nope.jsonl").as_uri(), config(tmp_path))
+    with pytest.raises(DataError, match=r"a folder with no data files"):
+        load_inputs(tmp_path.as_uri(), config(tmp_path))
+    with pytest.raises(DataError, match=r"nope://x/a\.jsonl: no installed filesystem reads nope:// URLs"):
+        read_rows("nope://x/a.jsonl")
 
 
 # --- record problems ----------------------------------------------------------------------------

@@ -189,3 +189,20 @@ def test_a_folder_of_html_pages_is_predicted_one_record_per_page(tmp_path, tiny_
     empty = rows["empty.html"]
     assert empty["answer"] is None and empty["where"] == str((pages / "empty.html").resolve())
     assert "'html' has no visible text" in empty["error"]
+
+
+def test_an_input_named_by_url_gets_the_rows_of_the_same_file_on_disk(tmp_path, tiny_qwen3_dir):
+    run_dir = make_run_dir(tmp_path, tiny_qwen3_dir)
+    inputs = write_jsonl(tmp_path / "in.jsonl", [{"id": "a1", "input": "张三的电话是13800000000"}, {"input": "李四"},
+                                                 {"id": "no-input"}])
+    with pytest.raises(OutputError, match="would overwrite the input"):  # a file:// URL is checked as its file
+        predict_file(run_dir, inputs.as_uri(), inputs)
+    local, by_url = tmp_path / "local.jsonl", tmp_path / "url.jsonl"
+    assert predict_file(run_dir, inputs, local) == 2
+    result = runner.invoke(app, ["predict", str(run_dir), inputs.as_uri(), "-o", str(by_url)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in by_url.read_text(encoding="utf-8").splitlines()]
+    assert next(r for r in rows if r["id"] == "no-input")["where"] == f"{inputs.as_uri()}:3"
+    drop_where = lambda row: {k: v for k, v in row.items() if k != "where"}  # noqa: E731
+    assert [drop_where(json.loads(line)) for line in local.read_text(encoding="utf-8").splitlines()] == [
+        drop_where(row) for row in rows]

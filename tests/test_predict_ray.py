@@ -1,5 +1,6 @@
 """`smalltune predict --ray` on a real local Ray cluster (a head and a worker node on 127.0.0.1): the same rows as
-`predict`, every record exactly once across a killed worker and a killed driver, and clear errors before Ray starts.
+`predict`, every record exactly once across a killed worker and a killed driver (JSONL shards from a local folder,
+Parquet shards from the folder's file:// URL), and clear errors before Ray starts.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ import csv
 import json
 import os
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from test_kill_resume import cli, has_lines, lines_in, run_to_the_end, run_until
 
 from smalltune.errors import DataError, OutputError
 from smalltune.inference.predict import predict_file
-from smalltune.inference.predict_ray import RayPlan, predict_on_ray, shards
+from smalltune.inference.predict_ray import RayPlan, predict_on_ray, read_shard, shards
 from smalltune.recipes.synth.complaints import generate_complaints
 
 ray = pytest.importorskip("ray", reason="predict --ray needs the ray extra: pip install 'smalltune[ray]'")
@@ -36,6 +36,25 @@ def cluster():
     local.wait_for_nodes()
     yield local
     local.shutdown()
+
+
+@pytest.fixture(scope="module")
+def answered_here(tmp_path_factory, tiny_qwen3_dir) -> tuple[Path, Path, list[dict]]:
+    """A run (batch_size 1: each answer computed alone, so no batching by Ray or by a rerun changes it by float
+    noise), a folder of records, and the rows single-process `predict` writes for them on one torch thread."""
+    import torch
+
+    root = tmp_path_factory.mktemp("ray-predict")
+    run_dir = make_run_dir(root, tiny_qwen3_dir, infer={"batch_size": 1, "max_new_tokens": 8})
+    folder, files = input_folder(root)
+    expected, threads = root / "single-process.jsonl", torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for path in files:
+            predict_file(run_dir, path, expected)
+    finally:
+        torch.set_num_threads(threads)
+    return run_dir, folder, whole_rows(expected)
 
 
 def input_folder(root: Path) -> tuple[Path, list[Path]]:
@@ -72,14 +91,8 @@ def answering_actors() -> list[int]:
 
 
 def test_ray_predict_answers_every_record_once_as_predict_does_across_a_killed_worker_and_driver(
-        tmp_path, tiny_qwen3_dir, one_thread, cluster):
-    # batch_size 1: each answer is computed alone, so no batching by Ray or by a rerun changes it by float noise
-    run_dir = make_run_dir(tmp_path, tiny_qwen3_dir, infer={"batch_size": 1, "max_new_tokens": 8})
-    folder, files = input_folder(tmp_path)
-    expected = tmp_path / "single-process.jsonl"
-    for path in files:
-        predict_file(run_dir, path, expected)
-
+        tmp_path, answered_here, cluster):
+    run_dir, folder, expected = answered_here
     out, log = tmp_path / "out", tmp_path / "predict.log"
     command = cli("predict", run_dir, folder, "-o", out, "--ray", "--ray-address", cluster.address, "--workers", 2)
     shard = out / "part-00000.jsonl"
@@ -100,8 +113,26 @@ def test_ray_predict_answers_every_record_once_as_predict_does_across_a_killed_w
     rows = rows_of(out)
     assert len(shards(out)) == 2  # the rerun wrote a shard of its own
     assert sorted(Counter(r["id"] for r in rows).values()) == [1] * (RECORDS + 1)  # none lost, none twice
-    assert {r["id"]: r for r in rows} == {r["id"]: r for r in whole_rows(expected)}
+    assert {r["id"]: r for r in rows} == {r["id"]: r for r in expected}
     assert next(r for r in rows if r["id"] == "no-input")["where"].endswith("a.jsonl:121")
+
+
+def test_ray_predict_into_parquet_shards_from_a_url_answers_every_record_once_across_a_killed_driver(
+        tmp_path, answered_here, cluster):
+    run_dir, folder, expected = answered_here
+    out, log = tmp_path / "out", tmp_path / "predict.log"
+    command = cli("predict", run_dir, folder.as_uri(), "-o", out, "--ray", "--ray-address", cluster.address,
+                  "--workers", 2, "--shard-format", "parquet")
+    run_until_killed(command, lambda: len(list(out.glob("part-*.parquet"))) >= 4, log, timeout=300)
+    assert len(shards(out)) < 17, "the driver was killed too late to interrupt anything"  # 16 blocks + invalid rows
+    run_to_the_end(command, log, timeout=300)
+
+    rows = [row for shard in shards(out) for row in read_shard(shard)]
+    assert {p.name.split("-")[1] for p in shards(out)} == {"00000", "00001"} and not list(out.glob(".*"))
+    assert sorted(Counter(r["id"] for r in rows).values()) == [1] * (RECORDS + 1)  # none lost, none twice
+    assert next(r for r in rows if r["id"] == "no-input")["where"] == f"{folder.as_uri()}/a.jsonl:121"
+    drop_where = lambda row: {k: v for k, v in row.items() if k != "where"}  # noqa: E731  (the URL, not the path)
+    assert {r["id"]: drop_where(r) for r in rows} == {r["id"]: drop_where(r) for r in expected}
 
 
 def test_ray_predict_checks_its_input_and_output_before_ray_starts(tmp_path, tiny_qwen3_dir):

@@ -169,11 +169,12 @@ def eval_(
 @app.command()
 def predict(
     run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>)."),
-    input_file: Path = typer.Argument(..., help="Records to answer (JSON, JSONL, CSV or Parquet in the task's format, "
-                                      "or an .html page), or a folder of such files: a folder of .html/.htm pages "
-                                      "answers each page, its id the file name."),
+    input_file: str = typer.Argument(..., help="Records to answer (JSON, JSONL, CSV or Parquet in the task's format, "
+                                     "or an .html page), or a folder of such files: a folder of .html/.htm pages "
+                                     "answers each page, its id the file name. A path, or a URL (s3://, gs://, "
+                                     "abfs://, hf://, file://, ...) read through pyarrow or fsspec."),
     out: Path = typer.Option(..., "-o", "--out", help="JSONL output: id, answer, parsed value, error. With --ray, a "
-                             "folder of JSONL shards (part-00000.jsonl, ...)."),
+                             "folder of shards (part-00000.jsonl, ...; see --shard-format)."),
     engine: str = EngineName,
     ray: bool = typer.Option(False, "--ray", help="Answer on a Ray cluster (`pip install smalltune[ray]`): the "
                              "one at --ray-address, else RAY_ADDRESS, else a local Ray started for this run."),
@@ -182,8 +183,12 @@ def predict(
     workers: int = typer.Option(1, min=1, help="With --ray: actors, each holding one copy of the model."),
     threads_per_worker: int = typer.Option(1, min=1, help="With --ray: CPU threads (and Ray CPUs) per actor."),
     gpus_per_worker: float = typer.Option(0, min=0, help="With --ray: GPUs per actor (1 with --engine vllm)."),
+    shard_format: str = typer.Option("jsonl", "--shard-format", help="With --ray: jsonl (one shard per run, "
+                                     "appended) or parquet (one file per finished block, written whole; `result` "
+                                     "and `scores` as JSON text). A rerun reads both."),
 ) -> None:
-    """Answer every record of a file or folder with the fine-tuned model (the input is checked before the model loads).
+    """Answer every record of a file or folder (a path or a URL) with the fine-tuned model (the input is checked
+    before the model loads).
 
     Killed and run again, it answers only what the output does not hold yet."""
     with _RecordBar("predict") as bar:
@@ -191,7 +196,8 @@ def predict(
             from smalltune.inference.predict_ray import RayPlan, predict_on_ray
 
             plan = RayPlan(ray_address, workers, threads_per_worker, gpus_per_worker)
-            count = predict_on_ray(run_dir, input_file, out, plan, engine, on_start=bar.start, on_batch=bar.advance)
+            count = predict_on_ray(run_dir, input_file, out, plan, engine, on_start=bar.start, on_batch=bar.advance,
+                                   shard_format=shard_format)
         else:
             from smalltune.inference.predict import predict_file
 

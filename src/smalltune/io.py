@@ -16,18 +16,24 @@ LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # half a UTF-16 pair: text no UT
 _ROW_START = re.compile(rb'\{"([^"\\]*)"\s*:')  # how a JSON line of ours begins: {"key":
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to path through a temporary file in the same folder and a rename."""
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write bytes to path through a temporary file in the same folder (`.NAME.*.tmp`) and a rename: the file is
+    whole or absent, never partly written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text to path as UTF-8, atomically (`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: Path, value: Any) -> None:

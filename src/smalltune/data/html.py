@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import codecs
 import re
-from pathlib import Path
-
-from smalltune.errors import DataError
 
 PAGE_SUFFIXES = (".html", ".htm")
 _BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
@@ -83,10 +80,3 @@ def page_text(page: str | bytes) -> str:
     lines = (_SPACE_RUN.sub(" ", line).strip() for line in text.splitlines())
     return "\n".join(line for line in lines if line)
 
-
-def read_page(path: Path) -> str:
-    """An .html/.htm file's text (`decode_html`); DataError naming the file when it cannot be read."""
-    try:
-        return decode_html(Path(path).read_bytes())
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror}") from exc

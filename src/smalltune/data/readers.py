@@ -1,6 +1,7 @@
 """Rows out of data files: JSON (array or one object per line), JSON Lines, CSV and Parquet, each row with the
 line it starts on, in UTF-8 (with or without BOM) or GBK; an .html/.htm page is one row `{"html": page}` on
-line 1, decoded by `data.html.decode_html`.
+line 1, decoded by `data.html.decode_html`. A file or folder may also be named by URL (s3://, hf://, file://, ...):
+it is read through `data.remote`, with the same rows.
 
 Decoding: a file is read as UTF-8 when the whole of it is UTF-8. Otherwise it is decoded line by line: when
 every line holding non-ASCII bytes fails UTF-8 and reads as GB18030 (a superset of GBK), it is a GBK file;
@@ -21,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smalltune.data.html import PAGE_SUFFIXES, read_page
+from smalltune.data.html import PAGE_SUFFIXES, decode_html
+from smalltune.data.remote import RemotePath, is_url
 from smalltune.errors import DataError
 from smalltune.io import LONE_SURROGATE
 
@@ -34,6 +36,7 @@ class RecordProblem(Exception):
 
 
 Row = tuple[int, dict | RecordProblem]
+DataPath = Path | RemotePath  # a local file or folder, or one named by URL
 
 
 @dataclass(frozen=True)
@@ -44,21 +47,38 @@ class _Decoded:
     unreadable: dict[int, str]  # 1-based line -> why it could not be decoded
 
 
-def read_rows(path: Path) -> list[tuple[int, dict | RecordProblem]]:
-    """(1-based start line, object) for each row of a .json, .jsonl, .csv, .parquet or .html/.htm file; a row
-    that cannot be read comes as (line, RecordProblem) in its place. DataError when the file as a whole cannot
-    be read."""
-    path = Path(path)
+def data_path(path: Path | str | RemotePath) -> DataPath:
+    """A local path as a `Path`, a URL string as a `RemotePath` (looked up: DataError when unreachable)."""
+    if isinstance(path, RemotePath):
+        return path
+    return RemotePath.of(path) if is_url(path) else Path(path)
+
+
+def local_path(path: DataPath) -> Path | None:
+    """The local file or folder a data path names (a file:// URL's too), for the checks that an output never
+    overwrites an input; None for a remote one."""
+    return path if isinstance(path, Path) else path.local
+
+
+def read_rows(path: Path | str | RemotePath) -> list[tuple[int, dict | RecordProblem]]:
+    """(1-based start line, object) for each row of a .json, .jsonl, .csv, .parquet or .html/.htm file (a path or
+    a URL); a row that cannot be read comes as (line, RecordProblem) in its place. DataError when the file as a
+    whole cannot be read."""
+    path = data_path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(f"{path}: unsupported file type '{suffix}'; use one of {' '.join(SUFFIXES)}")
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     if suffix == ".parquet":
-        return _parquet_rows(path)
+        return _parquet_rows(raw, path)
     if suffix in PAGE_SUFFIXES:
-        return [(1, {"html": read_page(path)})]
-    decoded = _decode(path)
+        return [(1, {"html": decode_html(raw)})]
+    decoded = _decode(raw, path)
     if suffix == ".csv":
         return _csv_rows(decoded, path)
     if suffix == ".json" and decoded.text.lstrip().startswith("["):
@@ -66,9 +86,10 @@ def read_rows(path: Path) -> list[tuple[int, dict | RecordProblem]]:
     return _jsonl_rows(decoded, path)
 
 
-def data_files(path: Path) -> list[Path]:
-    """The file, or the data files (`SUFFIXES`) of a folder by name, resolved; DataError when there are none."""
-    path = Path(path)
+def data_files(path: Path | str | RemotePath) -> list[DataPath]:
+    """The file, or the data files (`SUFFIXES`) of a folder by name, resolved (a path, or a URL: `data_path`);
+    DataError when there are none."""
+    path = data_path(path)
     if not path.exists():
         raise DataError(f"{path}: no such data file or folder")
     if path.is_file():
@@ -79,7 +100,7 @@ def data_files(path: Path) -> list[Path]:
     return found
 
 
-def read_objects(path: Path) -> list[tuple[int, dict]]:
+def read_objects(path: Path | str | RemotePath) -> list[tuple[int, dict]]:
     """The rows of a file that must be readable throughout; DataError names each row that is not."""
     rows = read_rows(path)
     bad = [f"{path}:{line}: {row}" for line, row in rows if isinstance(row, RecordProblem)]
@@ -88,12 +109,8 @@ def read_objects(path: Path) -> list[tuple[int, dict]]:
     return [(line, row) for line, row in rows if isinstance(row, dict)]
 
 
-def _decode(path: Path) -> _Decoded:
+def _decode(raw: bytes, path: DataPath) -> _Decoded:
     """The file's text: UTF-8 (with or without BOM), GBK/GB18030, or UTF-8 with its other lines described."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror}") from exc
     try:
         return _Decoded(raw.decode("utf-8-sig"), {})
     except UnicodeDecodeError:
@@ -155,7 +172,7 @@ def _not_json(exc: ValueError | RecursionError) -> str:
     return f"not readable JSON: {'nested too deeply' if isinstance(exc, RecursionError) else exc}"
 
 
-def _json_array_rows(decoded: _Decoded, path: Path) -> list[Row]:
+def _json_array_rows(decoded: _Decoded, path: DataPath) -> list[Row]:
     """Scan a JSON array element by element so each object's starting line is exact."""
     if decoded.unreadable:
         raise DataError("\n".join(f"{path}:{line}: {why}" for line, why in decoded.unreadable.items()))
@@ -184,7 +201,7 @@ def _json_array_rows(decoded: _Decoded, path: Path) -> list[Row]:
     return rows
 
 
-def _jsonl_rows(decoded: _Decoded, path: Path) -> list[Row]:
+def _jsonl_rows(decoded: _Decoded, path: DataPath) -> list[Row]:
     """One object per line; blank lines are skipped. Splits on '\\n' only (JSON may hold raw U+2028)."""
     rows: list[Row] = []
     for line, chunk in enumerate(decoded.text.split("\n"), start=1):
@@ -202,7 +219,7 @@ def _jsonl_rows(decoded: _Decoded, path: Path) -> list[Row]:
     return rows
 
 
-def _csv_rows(decoded: _Decoded, path: Path) -> list[Row]:
+def _csv_rows(decoded: _Decoded, path: DataPath) -> list[Row]:
     """Header on line 1; each row numbered by the physical line it starts on."""
     if 1 in decoded.unreadable:
         raise DataError(f"{path}:1: the header is {decoded.unreadable[1]}")
@@ -226,14 +243,15 @@ def _csv_rows(decoded: _Decoded, path: Path) -> list[Row]:
     return rows
 
 
-def _parquet_rows(path: Path) -> list[Row]:
+def _parquet_rows(raw: bytes, path: DataPath) -> list[Row]:
     """Rows numbered from 1; needs pyarrow."""
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise DataError(f"{path}: reading .parquet files needs pyarrow (pip install pyarrow)") from exc
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(pa.BufferReader(raw))
     except Exception as exc:  # pyarrow raises several unrelated types for a bad file
         raise DataError(f"{path}: not a readable Parquet file: {exc}") from exc
     return list(enumerate(table.to_pylist(), start=1))

@@ -10,7 +10,8 @@ from typing import Any
 
 from smalltune.config import DataConfig
 from smalltune.data.html import PAGE_SUFFIXES
-from smalltune.data.readers import RecordProblem, data_files, read_rows
+from smalltune.data.readers import RecordProblem, data_files, data_path, read_rows
+from smalltune.data.remote import RemotePath
 from smalltune.errors import DataError
 from smalltune.registry import FORMATS
 
@@ -76,11 +77,11 @@ def _record_id(row: dict, key: str, default: str) -> str:
     return str(value).strip()
 
 
-def load_records(path: Path, data: DataConfig, *, require_output: bool = True,
+def load_records(path: Path | str | RemotePath, data: DataConfig, *, require_output: bool = True,
                  check: Callable[[Record], str | None] | None = None) -> Loaded:
-    """Read one file in data.format; each invalid record becomes one 'file:line: message' problem. An .html/.htm
-    file is one record: its id the file name, its `where` the file."""
-    path = Path(path)
+    """Read one file (a path or a URL) in data.format; each invalid record becomes one 'file:line: message'
+    problem. An .html/.htm file is one record: its id the file name, its `where` the file."""
+    path = data_path(path)
     page = path.suffix.lower() in PAGE_SUFFIXES
     layout = FORMATS.get(data.format)()
     id_key = layout.id_key(data.columns)
@@ -108,9 +109,10 @@ def load_records(path: Path, data: DataConfig, *, require_output: bool = True,
     return loaded
 
 
-def load_inputs(path: Path, data: DataConfig) -> Loaded:
+def load_inputs(path: Path | str | RemotePath, data: DataConfig) -> Loaded:
     """The records (outputs not required) and invalid rows of a file, or of every data file in a folder
-    (`readers.data_files`: JSON, JSONL, CSV, Parquet, .html/.htm pages); DataError when two records share an id."""
+    (`readers.data_files`: JSON, JSONL, CSV, Parquet, .html/.htm pages), local or named by URL (s3://, hf://,
+    file://, ...: `data.remote`); DataError when two records share an id."""
     loaded = Loaded(records=[], invalid=[])
     where: dict[str, str] = {}
     for file in data_files(path):

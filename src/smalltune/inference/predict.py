@@ -1,12 +1,13 @@
-"""`smalltune predict`: a file of records (or a folder of them, .html pages included) in, one JSON line per record
-out, resumable."""
+"""`smalltune predict`: a file of records (or a folder of them, .html pages included; local or named by URL) in, one
+JSON line per record out, resumable."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-from smalltune.data.readers import SUFFIXES
+from smalltune.data.readers import SUFFIXES, data_path, local_path
+from smalltune.data.remote import RemotePath
 from smalltune.data.records import Invalid, Loaded, Record, load_inputs
 from smalltune.errors import OutputError
 from smalltune.inference.engine import Engine, OnBatch, load_engine
@@ -19,7 +20,7 @@ PREDICTION_KEYS = ("id", "answer", "result", "error", "input_shortened")  # ever
 
 def predict_file(
     run_dir: Path | RunDir,
-    input_file: Path,
+    input_file: Path | str | RemotePath,
     out: Path,
     on_start: Callable[[int], None] | None = None,
     on_batch: OnBatch | None = None,
@@ -28,18 +29,21 @@ def predict_file(
     """Answer each record not yet in `out`, appending one line per record; returns how many were answered.
 
     `input_file` is a data file in the task's format, or a folder of them (`data.records.load_inputs`), such as
-    a folder of .html/.htm pages (each one record, its id the file name). The input is read, and `out` checked,
+    a folder of .html/.htm pages (each one record, its id the file name), on disk or named by a URL string (s3://,
+    gs://, abfs://, hf://, file://, ...: `data.remote`; the same ids). The input is read, and `out` checked,
     before the model is loaded: `out` must not be the input, nor a data file in the input folder, and must be
     new, empty or an earlier output of predict (see `io.read_appended`). An invalid input record gets an
     error line (its id, its `where`) instead of stopping the run. An answer chosen by scoring its candidates (classify)
     also gets `scores`: each candidate's probability. `engine` answers the records: an `Engine`, or
     the name of one to load the run's model into (see `load_engine`).
     """
-    input_file, out = Path(input_file).resolve(), Path(out)  # resolved: one file's error lines, however spelled
-    refuse_overwriting([out], [input_file])
-    if input_file.is_dir() and out.resolve().parent == input_file and out.suffix.lower() in SUFFIXES:
-        raise OutputError(f"{out}: the output would be read as input, in the folder {input_file}; choose a path "
-                          "outside it")
+    input_file, out = data_path(input_file).resolve(), Path(out)  # resolved: one file's error lines, however spelled
+    local = local_path(input_file)
+    if local is not None:
+        refuse_overwriting([out], [local])
+        if local.is_dir() and out.resolve().parent == local and out.suffix.lower() in SUFFIXES:
+            raise OutputError(f"{out}: the output would be read as input, in the folder {input_file}; choose a path "
+                              "outside it")
     config = engine.config if isinstance(engine, Engine) else RunDir.load(run_dir).config()
     loaded = load_inputs(input_file, config.data)
     todo, invalid = still_to_answer(loaded, read_appended(out, PREDICTION_KEYS))
