@@ -9,10 +9,13 @@ number of optimizer steps of 4 examples x 4 accumulation steps at learning rate 
       (transformers 5 has no slow tokenizer any more, `use_fast=False` is ignored: the loop is the closest;
       --seed-python times the same preparation with transformers 4's slow tokenizer, see seed_recipe.py.)
   (b) smalltune: smalltune.training.run.build_trainer with its defaults (model template, batched tokenisation,
-      length-grouped batches, logits at answer positions only, LoRA dropout 0, gradient checkpointing and bf16
+      length-grouped batches, logits at answer positions only, each batch's shared prompt opening run once, LoRA
+      dropout 0, gradient checkpointing and bf16
       autocast chosen for the machine, LoRA inputs left in bf16).
   (c) with --checkpointing-row: (b) with train.gradient_checkpointing: on (less memory, more time).
   (d) with --dropout-row: (b) with the seed's lora.dropout: 0.1 (a regulariser; a random mask over every LoRA input).
+  (e) with --unshared-row: (b) with train.share_prefix: false (each row of a batch runs the prompt opening it shares
+      with the others, instead of once per batch).
 Each runs in its own process, so that its peak RSS is its own. Printed: data preparation examples/s, training
 tokens/s (real tokens, padding excluded), padding share, peak RSS, wall time and final training loss.
 
@@ -58,7 +61,8 @@ def final_loss(log_history: list[dict]) -> float:
     return sum(losses[-4:]) / len(losses[-4:])
 
 
-def task_config(records_file: Path, model: str, out_dir: Path, checkpointing: str = "auto", dropout: float | None = None):
+def task_config(records_file: Path, model: str, out_dir: Path, checkpointing: str = "auto", dropout: float | None = None,
+                share_prefix: bool = True):
     """The complaint extraction task at the benchmark's optimisation settings; everything else smalltune's defaults."""
     from smalltune.config import TaskConfig
     from smalltune.recipes.synth.complaints import FIELDS
@@ -69,7 +73,8 @@ def task_config(records_file: Path, model: str, out_dir: Path, checkpointing: st
         model={"name": model, "max_length": MAX_LENGTH},
         lora={} if dropout is None else {"dropout": dropout},
         train={"batch_size": BATCH, "gradient_accumulation": ACCUMULATION, "learning_rate": LEARNING_RATE,
-               "logging_steps": 1, "save_steps": 10**6, "report_to": "none", "gradient_checkpointing": checkpointing},
+               "logging_steps": 1, "save_steps": 10**6, "report_to": "none", "gradient_checkpointing": checkpointing,
+               "share_prefix": share_prefix},
         output_dir=out_dir,
     )
 
@@ -139,15 +144,15 @@ def run_seed(records_file: Path, model: str, steps: int, out_dir: Path) -> dict:
 
 
 def run_smalltune(records_file: Path, model: str, steps: int, out_dir: Path, checkpointing: str = "auto",
-                  dropout: float | None = None) -> dict:
+                  dropout: float | None = None, share_prefix: bool = True) -> dict:
     """Recipe (b): smalltune's own preparation and trainer ((c): with gradient checkpointing on; (d): with the
-    seed's LoRA dropout)."""
+    seed's LoRA dropout; (e): with every row's prompt opening run in full)."""
     from smalltune.data.records import load_splits
     from smalltune.models import load_tokenizer, resolve_model
     from smalltune.tasks import build_task
     from smalltune.training.run import build_trainer, prepare_dataset
 
-    config = task_config(records_file, model, out_dir, checkpointing, dropout)
+    config = task_config(records_file, model, out_dir, checkpointing, dropout, share_prefix)
     task = build_task(config)
     records = load_splits(config.data, check=task.check).train
     tokenizer = load_tokenizer(resolve_model(model))
@@ -204,6 +209,7 @@ RECIPES = {
     "smalltune": ("(b) smalltune", run_smalltune),
     "smalltune-checkpointing": ("(c) smalltune, checkpointing on", lambda *a: run_smalltune(*a, checkpointing="on")),
     "smalltune-dropout": ("(d) smalltune, LoRA dropout 0.1", lambda *a: run_smalltune(*a, dropout=0.1)),
+    "smalltune-unshared": ("(e) smalltune, share_prefix off", lambda *a: run_smalltune(*a, share_prefix=False)),
 }
 
 
@@ -244,6 +250,8 @@ def main() -> None:
                         help="also run (c): smalltune with gradient checkpointing on (less memory, slower)")
     parser.add_argument("--dropout-row", action="store_true",
                         help="also run (d): smalltune with the seed's LoRA dropout 0.1 (its default is 0)")
+    parser.add_argument("--unshared-row", action="store_true",
+                        help="also run (e): smalltune with train.share_prefix off (each row runs its prompt opening)")
     parser.add_argument("--seed-python", type=Path,
                         help="a Python with transformers 4 (make setup-seed: .venv-seed/bin/python): also time (a)'s "
                         "preparation with the seeds' slow tokenizer (Qwen2 models)")
@@ -267,7 +275,7 @@ def main() -> None:
         records_file = out_dir / "train.jsonl"
         records_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         recipes = ["seed", "smalltune"] + ["smalltune-checkpointing"] * args.checkpointing_row \
-            + ["smalltune-dropout"] * args.dropout_row
+            + ["smalltune-dropout"] * args.dropout_row + ["smalltune-unshared"] * args.unshared_row
         slow = args.seed_python and slow_tokenizer_prep(args.seed_python, records_file, args.model, out_dir)
         results = {name: run_child(name, records_file, args.model, args.steps, out_dir) for name in recipes}
     print_table(results, f"LoRA training on {args.model}: {args.records} records, {args.steps} optimizer steps "
