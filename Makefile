@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-setup
 
-.PHONY: setup demo test test-slow clean setup-vllm test-vllm setup-seed
+.PHONY: setup demo test test-slow clean setup-vllm test-vllm setup-seed setup-peers
 
 # make setup-vllm / test-vllm: the vLLM engine in a venv of its own, beside .venv
 VLLM_VENV ?= .venv-vllm
@@ -66,5 +66,40 @@ $(SEED_VENV)/.stamp-setup:
 
 setup-seed: $(SEED_VENV)/.stamp-setup
 
+# make setup-peers: LLaMA-Factory and ms-swift, each in a venv of its own beside .venv, for
+# benchmarks/train_peers.py (their versions pinned here: the newest that install and train on this CPU).
+# torch goes in first and is named again with the tool, else pip moves it to the newest (CUDA) torch the tool accepts.
+# CPU: LLaMA-Factory's torchvision (a CUDA build) breaks `import transformers` (torchvision::nms): removed; it imports
+# torchaudio at start-up (for audio inputs only), whose newest release (2.11) carries a C++ extension built for torch
+# 2.11 that torch 2.13 cannot load: its libraries are removed, so that torchaudio imports without them.
+LLAMAFACTORY_VERSION := 0.9.5
+SWIFT_VERSION := 4.6.0
+LF_VENV ?= .venv-llamafactory
+SWIFT_VENV ?= .venv-swift
+PEER_TORCH = $$(if command -v nvidia-smi >/dev/null 2>&1; then echo torch; else echo torch==2.13.0; fi)
+PEER_VERSIONS = import importlib.metadata as m; print(*(p + " " + m.version(p) for p in ("$(1)", "torch", "transformers", "peft", "trl")), sep=", ")
+
+$(LF_VENV)/.stamp-setup:
+	test -x $(LF_VENV)/bin/python || $(PY) -m venv $(LF_VENV)
+	$(LF_VENV)/bin/pip install -q --upgrade pip
+	$(LF_VENV)/bin/pip install -q $(PEER_TORCH)
+	$(LF_VENV)/bin/pip install -q llamafactory==$(LLAMAFACTORY_VERSION) $(PEER_TORCH)
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(LF_VENV)/bin/pip uninstall -q -y torchvision; fi
+	rm -f $(LF_VENV)/lib/python*/site-packages/torchaudio/lib/*.so
+	$(LF_VENV)/bin/python -c 'import llamafactory.train.tuner'
+	touch $@
+
+$(SWIFT_VENV)/.stamp-setup:
+	test -x $(SWIFT_VENV)/bin/python || $(PY) -m venv $(SWIFT_VENV)
+	$(SWIFT_VENV)/bin/pip install -q --upgrade pip
+	$(SWIFT_VENV)/bin/pip install -q $(PEER_TORCH)
+	$(SWIFT_VENV)/bin/pip install -q ms-swift==$(SWIFT_VERSION) $(PEER_TORCH)
+	$(SWIFT_VENV)/bin/python -c 'import swift.pipelines'
+	touch $@
+
+setup-peers: $(LF_VENV)/.stamp-setup $(SWIFT_VENV)/.stamp-setup
+	@$(LF_VENV)/bin/python -c '$(call PEER_VERSIONS,llamafactory)'
+	@$(SWIFT_VENV)/bin/python -c '$(call PEER_VERSIONS,ms-swift)'
+
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(SEED_VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) $(SEED_VENV) $(LF_VENV) $(SWIFT_VENV) runs
