@@ -14,7 +14,7 @@ number of optimizer steps of 4 examples x 4 accumulation steps at learning rate 
       autocast chosen for the machine, LoRA inputs left in bf16).
   (c) with --checkpointing-row: (b) with train.gradient_checkpointing: on (less memory, more time).
   (d) with --dropout-row: (b) with the seed's lora.dropout: 0.1 (a regulariser; a random mask over every LoRA input).
-  (e) with --unshared-row: (b) with train.share_prefix: false (each row of a batch runs the prompt opening it shares
+  (e) with --unshared-row: (b) with train.share_prefix: off (each row of a batch runs the prompt opening it shares
       with the others, instead of once per batch).
 Each runs in its own process, so that its peak RSS is its own. Printed: data preparation examples/s, training
 tokens/s (real tokens, padding excluded), padding share, peak RSS, wall time and final training loss.
@@ -62,7 +62,7 @@ def final_loss(log_history: list[dict]) -> float:
 
 
 def task_config(records_file: Path, model: str, out_dir: Path, checkpointing: str = "auto", dropout: float | None = None,
-                share_prefix: bool = True):
+                share_prefix: str = "auto"):
     """The complaint extraction task at the benchmark's optimisation settings; everything else smalltune's defaults."""
     from smalltune.config import TaskConfig
     from smalltune.recipes.synth.complaints import FIELDS
@@ -144,7 +144,7 @@ def run_seed(records_file: Path, model: str, steps: int, out_dir: Path) -> dict:
 
 
 def run_smalltune(records_file: Path, model: str, steps: int, out_dir: Path, checkpointing: str = "auto",
-                  dropout: float | None = None, share_prefix: bool = True) -> dict:
+                  dropout: float | None = None, share_prefix: str = "auto") -> dict:
     """Recipe (b): smalltune's own preparation and trainer ((c): with gradient checkpointing on; (d): with the
     seed's LoRA dropout; (e): with every row's prompt opening run in full)."""
     from smalltune.data.records import load_splits
@@ -209,7 +209,7 @@ RECIPES = {
     "smalltune": ("(b) smalltune", run_smalltune),
     "smalltune-checkpointing": ("(c) smalltune, checkpointing on", lambda *a: run_smalltune(*a, checkpointing="on")),
     "smalltune-dropout": ("(d) smalltune, LoRA dropout 0.1", lambda *a: run_smalltune(*a, dropout=0.1)),
-    "smalltune-unshared": ("(e) smalltune, share_prefix off", lambda *a: run_smalltune(*a, share_prefix=False)),
+    "smalltune-unshared": ("(e) smalltune, share_prefix off", lambda *a: run_smalltune(*a, share_prefix="off")),
 }
 
 

@@ -88,6 +88,20 @@ def test_a_batch_s_shared_opening_runs_once_and_gives_the_same_loss_and_gradient
         torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_the_shared_opening_runs_once_only_where_it_changes_no_number(tmp_path, tiny_qwen3_dir):
+    from smalltune.training.run import shares_prefix
+
+    config = tiny_config(tmp_path, tiny_qwen3_dir)
+    args = sft_config(config, torch.float32, has_validation=False)
+    assert shares_prefix(config, args)
+    config.lora.dropout = 0.1  # each row would share the opening's dropout mask
+    assert not shares_prefix(config, args)
+    config.train.share_prefix = "on"
+    assert shares_prefix(config, args)
+    config.train.gradient_checkpointing = "on"  # the recomputed layers drop the KV cache
+    assert not shares_prefix(config, sft_config(config, torch.float32, has_validation=False))
+
+
 def test_the_shared_opening_stops_before_the_first_answer_and_needs_two_rows():
     ids = torch.tensor([[1, 2, 3, 4, 9, 0], [1, 2, 3, 5, 9, 9]])
     mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
@@ -129,6 +143,7 @@ def test_each_speed_choice_is_logged_and_can_be_overridden(tmp_path, tiny_qwen3_
     assert not trainer.labelled_logits and trainer.args.gradient_checkpointing
     logged = "\n".join(r.getMessage() for r in caplog.records if "speed settings" in r.getMessage())
     for choice in ("TRL loss (train.logits=trl)", "gradient checkpointing on",
+                   "shared prompt opening run in every row (train.share_prefix=auto)",
                    "random batches", "Liger kernels off (train.liger_kernel=auto)", "4 examples per optimizer step"):
         assert choice in logged, choice
 

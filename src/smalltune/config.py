@@ -226,11 +226,12 @@ class TrainSettings(_Strict):
         "151,936-wide logits of the prompt (on CUDA with Triton this is TRL's fused head, in vocabulary tiles); "
         "trl: TRL's own loss everywhere (on CPU it scores every position).",
     )
-    share_prefix: bool = Field(
-        True,
+    share_prefix: Literal["auto", "on", "off"] = Field(
+        "auto",
         description="the opening every example of a batch has in common (system prompt, instruction, label list) "
-        "runs once per batch and its keys and values serve every row: the same loss and gradients for fewer tokens "
-        "computed (one process without gradient checkpointing; elsewhere each row runs whole)",
+        "runs once per batch and its keys and values serve every row: fewer tokens computed for the same loss and "
+        "gradients. auto: on without LoRA dropout (with dropout the rows would share the opening's dropout mask); "
+        "never with gradient checkpointing or more than one process",
     )
     liger_kernel: Literal["auto", "on", "off"] = Field(
         "auto", description="Liger's fused Triton kernels (RMSNorm, SwiGLU, RoPE); auto: on with CUDA and liger-kernel installed."

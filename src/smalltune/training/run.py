@@ -59,6 +59,15 @@ def _gradient_checkpointing(config: TaskConfig, longest: int | None = None) -> b
     return estimate(task_architecture(config), settings).total(checkpointing=False) > available
 
 
+def shares_prefix(config: TaskConfig, args: SFTConfig) -> bool:
+    """Whether training batches run their shared prompt opening once (train.share_prefix; 'auto': without LoRA
+    dropout, where it changes no number): never with gradient checkpointing (which drops the KV cache) or more
+    than one process (DDP expects one forward per backward)."""
+    setting = config.train.share_prefix
+    wanted = setting == "on" or (setting == "auto" and config.lora.dropout == 0)
+    return wanted and not args.gradient_checkpointing and args.world_size == 1
+
+
 def _liger_kernel(setting: str) -> bool:
     """'auto': Liger's fused kernels where they run (CUDA) and are installed."""
     available = torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
@@ -141,7 +150,8 @@ def speed_choices(config: TaskConfig, args: SFTConfig) -> list[str]:
         f"LoRA dropout {config.lora.dropout:g}"
         f"{', LoRA inputs left in bf16' if uncast_lora_inputs(config, torch.bfloat16 if args.bf16 else torch.float32) else ''}"
         " (lora.dropout)",
-        f"batches' shared prompt opening run {'once' if t.share_prefix else 'in every row'} (train.share_prefix={t.share_prefix})",
+        f"batches' shared prompt opening run {'once' if shares_prefix(config, args) else 'in every row'} "
+        f"(train.share_prefix={t.share_prefix})",
         f"{'length-grouped' if t.group_by_length else 'random'} batches (train.group_by_length={t.group_by_length})",
         f"Liger kernels {'on' if args.use_liger_kernel else 'off'} (train.liger_kernel={t.liger_kernel})",
         f"{args.world_size} process(es), {args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps} "
@@ -173,9 +183,10 @@ def build_trainer(config: TaskConfig) -> SFTTrainer:
     model = load_model(model_path, dtype)
     log.info("model %s, dtype %s, %d training / %d validation examples", model_path, dtype, len(train_set), len(eval_set or []))
     lora = config.lora
+    args = sft_config(config, dtype, eval_set is not None, max(len(ids) for ids in train_set["input_ids"]))
     trainer = SmalltuneTrainer(
         model=model,
-        args=sft_config(config, dtype, eval_set is not None, max(len(ids) for ids in train_set["input_ids"])),
+        args=args,
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
@@ -186,7 +197,7 @@ def build_trainer(config: TaskConfig) -> SFTTrainer:
         callbacks=[JsonLog(run.train_log), *tracker_callbacks(config, run)],
         labelled_logits=config.train.logits == "labelled",
         uncast_lora_inputs=uncast_lora_inputs(config, dtype),
-        share_prefix=config.train.share_prefix,
+        share_prefix=shares_prefix(config, args),
     )
     log.info("speed settings: %s", "; ".join(speed_choices(config, trainer.args)))
     if splits.validation:

@@ -99,9 +99,9 @@ class SmalltuneTrainer(SFTTrainer):
     PEFT wrappers as usual and the LM head projects the answer positions only. Token accuracy, entropy and
     the token count are logged under TRL's names.
 
-    With `share_prefix` (train.share_prefix) the opening every row of a training batch has in common runs once
-    for the batch (`answer_logits`); a task's system prompt, instruction and label list are often most of a
-    short example.
+    With `share_prefix` (train.share_prefix; `run.shares_prefix` decides) the opening every row of a training
+    batch has in common runs once for the batch (`answer_logits`); a task's system prompt, instruction and label
+    list are often most of a short example.
 
     With `uncast_lora_inputs` (bf16 autocast, no LoRA dropout), training and evaluation steps (forward, backward
     and any recomputation) feed the LoRA layers their bf16 input as it is: peft would copy it to the adapter's
@@ -111,17 +111,15 @@ class SmalltuneTrainer(SFTTrainer):
     """
 
     def __init__(self, *args, labelled_logits: bool = True, uncast_lora_inputs: bool = False,
-                 share_prefix: bool = True, **kwargs):
+                 share_prefix: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.labelled_logits = labelled_logits
         self.uncast_lora_inputs = uncast_lora_inputs
         self.share_prefix = share_prefix
 
     def _shared_prefix(self, inputs: dict, keep: torch.Tensor) -> int:
-        """The batch's shared prefix length when training steps share it (train.share_prefix): one process
-        (DDP expects one forward per backward) and no gradient checkpointing (which drops the KV cache)."""
-        if not (self.share_prefix and self.model.training and self.args.world_size == 1
-                and not self.args.gradient_checkpointing):
+        """The batch's shared prefix length in a training step that shares it (`share_prefix`), else 0."""
+        if not (self.share_prefix and self.model.training):
             return 0
         return shared_prefix_length(inputs["input_ids"], inputs.get("attention_mask"), keep)
 
