@@ -13,7 +13,9 @@ The job is the complaints recipe's (src/smalltune/recipes/complaints.yaml) on it
       model's) and its own answer-only loss.
 Everything else is each tool's default, notably gradient checkpointing: on in LLaMA-Factory and ms-swift, smalltune's
 `auto` (off where its memory plan fits); `--checkpointing on|off` sets it for all three. ms-swift also starts one
-dataloader worker process by default.
+dataloader worker process by default. The optimizer steps are the same in all three; how a step's 4 examples go
+through the model is each tool's choice: the peers run them as one padded batch, smalltune on a CPU one at a time
+(`train.micro_batch: auto`), padded to a multiple of 32 tokens.
 
 Each tool runs as one command in its own process (LLaMA-Factory and ms-swift in their venvs: `make setup-peers`),
 one after another. Measured: the command's wall time; start-up = from the command's start to its first optimizer

@@ -56,6 +56,8 @@ def test_minimal_file_gets_the_default_lora_settings_and_resolves_paths(tmp_path
         ("name: c\nkind: extract\nschema: missing.json\ndata: {train: x}\n", "schema: cannot read"),
         ("name: c\nkind: extract\nfields: {a: b}\nschema: {properties: {a: {type: string}}}\ndata: {train: x}\n",
          "not both"),
+        ("name: c\nkind: extract\nfields: {a: b}\ndata: {train: x}\ntrain: {batch_size: 4, micro_batch: 3}\n",
+         "train.micro_batch: Value error, 3 does not divide train.batch_size 4"),
     ],
 )
 def test_errors_name_the_key(tmp_path, text, key):

@@ -12,7 +12,7 @@ from conftest import write_jsonl
 from smalltune.config import TaskConfig
 from smalltune.errors import ConfigError
 from smalltune.recipes.synth.complaints import FIELDS, generate_complaints
-from smalltune.training.run import build_trainer, sft_config
+from smalltune.training.run import CPU_PAD_MULTIPLE, build_trainer, micro_batch_size, sft_config
 from smalltune.training.trainer import answer_logits, labelled_positions, shared_prefix_length
 
 
@@ -150,6 +150,34 @@ def test_each_speed_choice_is_logged_and_can_be_overridden(tmp_path, tiny_qwen3_
     trainer.args.max_steps = 1
     trainer.train()  # TRL's own loss path still trains
     assert any("loss" in h for h in trainer.state.log_history)
+
+
+def one_step(config: TaskConfig):
+    trainer = build_trainer(config)
+    trainer.args.max_steps = 1
+    trainer.train()
+    return trainer, next(h for h in trainer.state.log_history if "loss" in h)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU `auto` runs the whole batch at once")
+def test_a_cpu_runs_one_example_at_a_time_and_takes_the_same_optimizer_step(tmp_path, tiny_qwen3_dir):
+    settings = {"group_by_length": False, "logging_steps": 1, "share_prefix": "off"}
+    config = tiny_config(tmp_path, tiny_qwen3_dir, micro_batch=4, **settings)
+    whole, whole_log = one_step(config)
+    config.lora.dropout = 0.1  # no shared opening wanted: `auto` runs one example per forward pass
+    config.train.micro_batch = "auto"
+    assert micro_batch_size(config) == 1
+    config.lora.dropout = 0.0  # the step's numbers, without dropout's random masks
+    config.train.micro_batch = 1
+    single, single_log = one_step(config)
+
+    assert (whole.args.per_device_train_batch_size, whole.args.gradient_accumulation_steps) == (4, 1)
+    assert (single.args.per_device_train_batch_size, single.args.gradient_accumulation_steps) == (1, 4)
+    # the same four records, the loss over all their answer tokens, the same gradient
+    assert single_log["loss"] == pytest.approx(whole_log["loss"], rel=1e-4)
+    assert single_log["grad_norm"] == pytest.approx(whole_log["grad_norm"], rel=1e-3)
+    batch = next(iter(single.get_train_dataloader()))
+    assert batch["input_ids"].shape[1] % CPU_PAD_MULTIPLE == 0  # a few shapes, each with its cached CPU kernels
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error shown where Liger cannot run")

@@ -35,6 +35,10 @@ from smalltune.training.trainer import SmalltuneTrainer, uncast_lora_inputs
 
 log = logging.getLogger(__name__)
 
+# On a CPU, bf16 matmuls run oneDNN kernels that are built and cached per shape (1,024 by default): with every
+# sequence length its own shape, a run keeps building kernels and its memory creeps up step after step.
+CPU_PAD_MULTIPLE = 32
+
 
 def _dataset(examples: list[Example]) -> Dataset:
     return Dataset.from_dict(
@@ -53,7 +57,7 @@ def _gradient_checkpointing(config: TaskConfig, longest: int | None = None) -> b
         available = 0.9 * torch.cuda.get_device_properties(0).total_memory
     else:
         available = 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    settings = Settings.of(config)
+    settings = dataclasses.replace(Settings.of(config), batch_size=micro_batch_size(config))
     if longest is not None:
         settings = dataclasses.replace(settings, max_length=min(settings.max_length, longest))
     return estimate(task_architecture(config), settings).total(checkpointing=False) > available
@@ -63,9 +67,22 @@ def shares_prefix(config: TaskConfig, args: SFTConfig) -> bool:
     """Whether training batches run their shared prompt opening once (train.share_prefix; 'auto': without LoRA
     dropout, where it changes no number): never with gradient checkpointing (which drops the KV cache) or more
     than one process (DDP expects one forward per backward)."""
+    return _wants_shared_prefix(config) and not args.gradient_checkpointing and args.world_size == 1
+
+
+def _wants_shared_prefix(config: TaskConfig) -> bool:
     setting = config.train.share_prefix
-    wanted = setting == "on" or (setting == "auto" and config.lora.dropout == 0)
-    return wanted and not args.gradient_checkpointing and args.world_size == 1
+    return setting == "on" or (setting == "auto" and config.lora.dropout == 0)
+
+
+def micro_batch_size(config: TaskConfig) -> int:
+    """Examples per forward pass (train.micro_batch). 'auto': the whole batch on a GPU, which needs the width, or
+    where the rows share their prompt opening (`share_prefix`); else one: a CPU computes a lone example as fast
+    per token, without padding and with a fraction of the activations. The rest of the batch is accumulated."""
+    t = config.train
+    if t.micro_batch != "auto":
+        return t.micro_batch
+    return t.batch_size if torch.cuda.is_available() or _wants_shared_prefix(config) else 1
 
 
 def _liger_kernel(setting: str) -> bool:
@@ -101,12 +118,13 @@ def sft_config(config: TaskConfig, dtype: torch.dtype, has_validation: bool, lon
     checkpoint with the best headline metric is the one kept at the end.
     """
     t = config.train
+    micro = micro_batch_size(config)
     return SFTConfig(
         output_dir=str(RunDir.of(config).checkpoints),
         num_train_epochs=t.epochs,
-        per_device_train_batch_size=t.batch_size,
+        per_device_train_batch_size=micro,
         per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation,
+        gradient_accumulation_steps=t.gradient_accumulation * t.batch_size // micro,
         learning_rate=t.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=t.warmup_ratio,
@@ -123,15 +141,21 @@ def sft_config(config: TaskConfig, dtype: torch.dtype, has_validation: bool, lon
         bf16=dtype == torch.bfloat16,
         use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=_gradient_checkpointing(config, longest),
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        train_sampling_strategy="group_by_length" if _groups_by_length(config) else "random",
         use_liger_kernel=_liger_kernel(t.liger_kernel),
         ddp_find_unused_parameters=False,  # every LoRA weight is used in each step: skip DDP's extra graph walk
         max_length=None,
+        pad_to_multiple_of=None if torch.cuda.is_available() else CPU_PAD_MULTIPLE,
         completion_only_loss=True,
         report_to="none",  # trackers are attached as callbacks (smalltune.tracking)
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
+
+
+def _groups_by_length(config: TaskConfig) -> bool:
+    """train.group_by_length, where a forward pass holds several examples (one alone has no padding to save)."""
+    return config.train.group_by_length and micro_batch_size(config) > 1
 
 
 def prepare_dataset(tokenizer, task, records: list[Record], config: TaskConfig, what: str) -> Dataset:
@@ -152,7 +176,9 @@ def speed_choices(config: TaskConfig, args: SFTConfig) -> list[str]:
         " (lora.dropout)",
         f"batches' shared prompt opening run {'once' if shares_prefix(config, args) else 'in every row'} "
         f"(train.share_prefix={t.share_prefix})",
-        f"{'length-grouped' if t.group_by_length else 'random'} batches (train.group_by_length={t.group_by_length})",
+        f"{args.per_device_train_batch_size} example(s) per forward pass, "
+        f"{args.gradient_accumulation_steps} pass(es) per optimizer step (train.micro_batch={t.micro_batch})",
+        f"{'length-grouped' if _groups_by_length(config) else 'random'} batches (train.group_by_length={t.group_by_length})",
         f"Liger kernels {'on' if args.use_liger_kernel else 'off'} (train.liger_kernel={t.liger_kernel})",
         f"{args.world_size} process(es), {args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps} "
         "examples per optimizer step",
