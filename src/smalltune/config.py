@@ -221,7 +221,8 @@ class TrainSettings(_Strict):
         description="examples the model runs at once; the rest of batch_size is accumulated into the same optimizer "
         "step (the loss is normalised by the whole step's answer tokens, so the gradient is the same). auto: the "
         "whole batch on a GPU or where its rows share their prompt opening (share_prefix), one example at a time "
-        "on a CPU otherwise: as fast per token there, no padding, a quarter of the activation memory at batch 4",
+        "on a CPU otherwise: as fast per token there, never padded to a longer example, a quarter of the activation "
+        "memory at batch 4",
     )
     warmup_ratio: float = 0.05
     seed: int = 42

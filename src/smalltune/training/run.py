@@ -78,7 +78,8 @@ def _wants_shared_prefix(config: TaskConfig) -> bool:
 def micro_batch_size(config: TaskConfig) -> int:
     """Examples per forward pass (train.micro_batch). 'auto': the whole batch on a GPU, which needs the width, or
     where the rows share their prompt opening (`share_prefix`); else one: a CPU computes a lone example as fast
-    per token, without padding and with a fraction of the activations. The rest of the batch is accumulated."""
+    per token, never padded to a longer example's length, with a fraction of the activations. The rest of the
+    batch is accumulated."""
     t = config.train
     if t.micro_batch != "auto":
         return t.micro_batch
@@ -154,7 +155,7 @@ def sft_config(config: TaskConfig, dtype: torch.dtype, has_validation: bool, lon
 
 
 def _groups_by_length(config: TaskConfig) -> bool:
-    """train.group_by_length, where a forward pass holds several examples (one alone has no padding to save)."""
+    """train.group_by_length, where a forward pass holds several examples (one alone pads to no other's length)."""
     return config.train.group_by_length and micro_batch_size(config) > 1
 
 
