@@ -97,9 +97,21 @@ $(SWIFT_VENV)/.stamp-setup:
 	$(SWIFT_VENV)/bin/python -c 'import swift.pipelines'
 	touch $@
 
-setup-peers: $(LF_VENV)/.stamp-setup $(SWIFT_VENV)/.stamp-setup
+# OpenVINO GenAI for benchmarks/engines.py (inference beside smalltune's engine and llama.cpp, which .venv has):
+# it reads smalltune's GGUF exports itself, so it needs neither torch nor smalltune.
+OPENVINO_GENAI_VERSION := 2026.4.1.0
+OV_VENV ?= .venv-openvino
+
+$(OV_VENV)/.stamp-setup:
+	test -x $(OV_VENV)/bin/python || $(PY) -m venv $(OV_VENV)
+	$(OV_VENV)/bin/pip install -q openvino-genai==$(OPENVINO_GENAI_VERSION)
+	$(OV_VENV)/bin/python -c 'import openvino_genai'
+	touch $@
+
+setup-peers: $(LF_VENV)/.stamp-setup $(SWIFT_VENV)/.stamp-setup $(OV_VENV)/.stamp-setup
 	@$(LF_VENV)/bin/python -c '$(call PEER_VERSIONS,llamafactory)'
 	@$(SWIFT_VENV)/bin/python -c '$(call PEER_VERSIONS,ms-swift)'
+	@$(OV_VENV)/bin/python -c 'import importlib.metadata as m; print("openvino-genai", m.version("openvino-genai"))'
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(SEED_VENV) $(LF_VENV) $(SWIFT_VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) $(SEED_VENV) $(LF_VENV) $(SWIFT_VENV) $(OV_VENV) runs

@@ -1,0 +1,328 @@
+"""Inference engines side by side on this machine, against the machine's own bounds.
+
+    python benchmarks/engines.py runs/demo/complaints --records 64 --json runs/engines.json
+
+1. **Bounds.** Matrix-product throughput (bf16 and fp32, eager PyTorch) at the shapes of decode at batch 1, 8, 16,
+   64 and of prefill (512 rows), on the model's widest projection, and memory bandwidth (the best of a large
+   copy and a large sum). From them and the model's weights: decode's bound at each batch (every step reads all
+   weights once: bandwidth over weight bytes, times the batch, capped by the compute at that batch) and prefill's.
+2. **Engines**, each in its own process (peak RSS from the kernel's accounting of that process), on the same
+   held-out records, the same prompt token ids (smalltune's, the model's chat template), greedy, answers stopped
+   at end of turn, each constrained where it can be:
+   smalltune's default engine at infer.batch_size and at `--batch-sizes`, at batch 1 (latency), the seed loop,
+   llama.cpp (llama-cpp-python) and OpenVINO GenAI on GGUF exports of the fine-tuned model (bf16/f16 and q8_0).
+   Columns: records/s, prompt and generated tokens/s, valid JSON, field exact, whole record, agreement with
+   smalltune's answers, peak RSS, load seconds; and each engine's decode rate measured alone (tokens/s of
+   33-token against 1-token answers to one prompt, at batch 1 and at its batch), as a share of the bound.
+
+Peers run where they are installed: llama.cpp in this environment (`llama_cpp`), OpenVINO GenAI in `.venv-openvino`
+(`make setup-peers`); a missing one is a row that says so. The GGUF files are written once under `--work-dir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = Path(__file__).with_name("engine_peers.py")
+DECODE_BATCHES = (1, 8, 16, 64)
+PREFILL_ROWS = 512
+DECODE_PROBE_TOKENS = 32
+
+
+# ---- bounds ----------------------------------------------------------------------------------------------
+
+
+def _best_seconds(step, repeats: int = 5) -> float:
+    """The fastest of `repeats` timed calls of `step`, after one warm-up call."""
+    step()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def memory_bandwidth() -> float:
+    """Bytes/s moved by the best of a 1 GiB bf16 copy (read and write) and sum (read)."""
+    source = torch.ones(2**29, dtype=torch.bfloat16)
+    target = torch.empty_like(source)
+    size = source.numel() * source.element_size()
+    copy = 2 * size / _best_seconds(lambda: target.copy_(source))
+    read = size / _best_seconds(lambda: source.sum(dtype=torch.float32))
+    return max(copy, read)
+
+
+def matmul_throughput(rows: int, inner: int, outer: int, dtype: torch.dtype) -> float:
+    """FLOP/s of `rows` x `inner` activations times an `outer` x `inner` weight (torch.nn.functional.linear)."""
+    x = torch.randn(rows, inner, dtype=dtype)
+    weight = torch.randn(outer, inner, dtype=dtype)
+    seconds = _best_seconds(lambda: torch.nn.functional.linear(x, weight), repeats=10 if rows < 64 else 5)
+    return 2 * rows * inner * outer / seconds
+
+
+def model_costs(config) -> tuple[int, int, int]:
+    """The hidden size, the widest projection, and the parameters a decode step multiplies (its layers' projections
+    and the output layer) of a Qwen2/Llama-shaped model config."""
+    hidden, wide = config.hidden_size, config.intermediate_size
+    head = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    attention = hidden * head * (2 * config.num_attention_heads + 2 * config.num_key_value_heads)
+    per_layer = attention + 3 * hidden * wide
+    return hidden, wide, config.num_hidden_layers * per_layer + config.vocab_size * hidden
+
+
+def machine_bounds(model_config, weight_bytes: int = 2) -> dict:
+    """The measured bandwidth and matrix-product rates, and the model's decode and prefill bounds (tokens/s)."""
+    hidden, wide, parameters = model_costs(model_config)
+    flops_per_token = 2 * parameters
+    bandwidth = memory_bandwidth()
+    rates = {name: {rows: matmul_throughput(rows, hidden, wide, dtype) for rows in (*DECODE_BATCHES, PREFILL_ROWS)}
+             for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
+    decode = {b: min(b * bandwidth / (parameters * weight_bytes), rates["bf16"][b] / flops_per_token)
+              for b in DECODE_BATCHES}
+    return {"bandwidth_gb_s": bandwidth / 1e9, "matmul_gflop_s": {k: {str(r): v / 1e9 for r, v in by_rows.items()}
+                                                                   for k, by_rows in rates.items()},
+            "parameters": parameters, "flops_per_token": flops_per_token,
+            "decode_bound_tokens_s": {str(b): v for b, v in decode.items()},
+            "prefill_bound_tokens_s": rates["bf16"][PREFILL_ROWS] / flops_per_token}
+
+
+# ---- the systems, each in a process of its own ---------------------------------------------------------
+
+
+def run_measured(command: list[str]) -> tuple[int, float]:
+    """Run a command; its exit code and its peak RSS in GiB (the kernel's maximum resident set of that process)."""
+    process = subprocess.Popen(command, cwd=ROOT)
+    _, status, usage = os.wait4(process.pid, 0)
+    return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 2**20
+
+
+def smalltune_worker(run_dir: Path, records: int, batch_size: int, result_path: Path, seed_loop: bool) -> None:
+    """In its own process: the run's records answered by smalltune's default engine (or the seed loop)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from predict_speed import seed_loop as answer_like_the_seed
+
+    from smalltune.data.records import load_splits
+    from smalltune.inference.engine import load_engine
+
+    started = time.perf_counter()
+    engine = load_engine(run_dir, merge=not seed_loop)  # the seed loop kept its adapter attached
+    engine.config = engine.config.model_copy(update={"infer": engine.config.infer.model_copy(update={"batch_size": batch_size})})
+    chosen = load_splits(engine.config.data, check=engine.task.check).test[:records]
+    loaded = time.perf_counter() - started
+    generation = answer_like_the_seed(engine, chosen) if seed_loop else engine.generate(chosen)
+    decode = {} if seed_loop else {str(b): decode_rate(engine, b) for b in sorted({1, batch_size})}
+    result_path.write_text(json.dumps({
+        "texts": generation.texts, "new_tokens": generation.new_tokens, "load_s": loaded,
+        "prompt_tokens": sum(generation.prompt_tokens),
+        "seconds": generation.seconds, "decode_tokens_s": decode,
+        "constraint": "none" if seed_loop else "grounded grammar" if engine.constrained else "none",
+    }, ensure_ascii=False), encoding="utf-8")
+
+
+@torch.inference_mode()
+def decode_rate(engine, batch: int) -> float:
+    """Generated tokens/s of the engine's model in decode alone: answers of 1+N tokens against 1 token, N=32."""
+    model, tokenizer = engine.model, engine.tokenizer
+    ids = torch.tensor([tokenizer("用一句话介绍你自己。")["input_ids"]] * batch)
+
+    def answer(tokens: int):
+        return lambda: model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      min_new_tokens=tokens, max_new_tokens=tokens, pad_token_id=tokenizer.pad_token_id)
+
+    return batch * DECODE_PROBE_TOKENS / (_best_seconds(answer(1 + DECODE_PROBE_TOKENS), 2) - _best_seconds(answer(1), 2))
+
+
+def shown_records(run_dir: Path, records: int) -> tuple:
+    """The run's task and tokenizer, its first `records` held-out records and their prompts as every engine sees them."""
+    from smalltune.data.records import load_splits
+    from smalltune.formatting import shown_prompts
+    from smalltune.models import load_tokenizer
+    from smalltune.runs import RunDir
+    from smalltune.tasks import build_task
+
+    run = RunDir.load(run_dir)
+    config, tokenizer = run.config(), load_tokenizer(str(run.adapter))
+    task = build_task(config)
+    chosen = load_splits(config.data, check=task.check).test[:records]
+    return config, task, tokenizer, chosen, shown_prompts(tokenizer, task, chosen, config)
+
+
+def peer_job(run_dir: Path, records: int, model_file: Path, batch_size: int, threads: int, constraint: str) -> dict:
+    """What a peer engine needs to answer the same prompts as smalltune."""
+    from smalltune.formatting import end_of_turn_ids
+
+    config, task, tokenizer, _, shown = shown_records(run_dir, records)
+    return {
+        "model": str(model_file), "prompts": [s.ids for s in shown], "threads": threads, "batch_size": batch_size,
+        "grammars": [task.grammar(s.record, True) for s in shown] if constraint == "grammar" else None,
+        "schema": task.teacher_schema()["json_schema"]["schema"] if constraint != "none" else None,
+        "stop_id": end_of_turn_ids(tokenizer)[0], "max_new_tokens": config.infer.max_new_tokens,
+        "context": max(len(s.ids) for s in shown) + config.infer.max_new_tokens + 8,
+        "decode_probe_tokens": DECODE_PROBE_TOKENS,
+    }
+
+
+def gguf_file(run_dir: Path, work_dir: Path, gguf_type: str) -> Path:
+    """The run's fine-tuned model as GGUF of `gguf_type`, exported once into work_dir."""
+    from smalltune.serving.export import export_gguf
+
+    folder = work_dir / f"gguf-{gguf_type}"
+    if not (folder / "model.gguf").exists():
+        export_gguf(run_dir, folder, gguf_type)
+    return folder / "model.gguf"
+
+
+def score(run_dir: Path, texts: list[str], reference: list[str] | None) -> dict:
+    """The task's metrics of the answers, and the share whose parsed value equals the reference answers'."""
+    _, task, _, chosen, _ = shown_records(run_dir, len(texts))
+    parsed = [task.parse(t, r) for t, r in zip(texts, chosen)]
+    metrics = task.score(parsed, chosen)
+    if reference is not None:
+        theirs = [task.parse(t, r) for t, r in zip(reference, chosen)]
+        metrics["agreement"] = sum(a == b for a, b in zip(parsed, theirs)) / len(parsed)
+    return metrics
+
+
+# ---- the driver ----------------------------------------------------------------------------------------
+
+
+def systems(args: argparse.Namespace) -> list[dict]:
+    """The rows to measure: name, how to run it, how many records."""
+    me = [sys.executable, __file__, "--worker", str(args.run_dir)]
+    rows = [{"name": f"smalltune, batch {b}", "command": [*me, "--batch-size", str(b)], "records": args.records,
+             "batch": b} for b in args.batch_sizes]
+    rows.append({"name": "smalltune, batch 1 (latency)", "command": [*me, "--batch-size", "1"],
+                 "records": args.latency_records, "batch": 1})
+    rows.append({"name": "seed loop", "command": [*me, "--batch-size", "1", "--seed-loop"],
+                 "records": args.seed_records, "batch": 1})
+    openvino = ROOT / ".venv-openvino" / "bin" / "python"
+    for gguf_type in args.gguf_types:
+        rows.append({"name": f"llama.cpp {gguf_type}", "peer": "llama.cpp", "python": sys.executable,
+                     "gguf": gguf_type, "records": args.records, "batch": 1})
+        rows.append({"name": f"OpenVINO GenAI {gguf_type}", "peer": "openvino", "python": str(openvino),
+                     "gguf": gguf_type, "records": args.records, "batch": args.batch_sizes[0],
+                     "missing": None if openvino.exists() else "no .venv-openvino (make setup-peers)"})
+    return [row for row in rows if not args.only or any(word in row["name"] for word in args.only)]
+
+
+def measure(row: dict, args: argparse.Namespace, scratch: Path) -> dict:
+    """One system's answers and costs, from its own process."""
+    result_path = scratch / "result.json"
+    result_path.unlink(missing_ok=True)
+    command = row.get("command")
+    if command:
+        command = [*command, "--records", str(row["records"]), "--result", str(result_path)]
+    else:
+        job_path = scratch / "job.json"
+        job = peer_job(args.run_dir, row["records"], gguf_file(args.run_dir, args.work_dir, row["gguf"]), row["batch"],
+                       args.threads, args.peer_constraint)
+        job_path.write_text(json.dumps(job), encoding="utf-8")
+        command = [row["python"], str(PEERS), row["peer"], str(job_path), str(result_path)]
+    code, peak = run_measured(command)
+    if code != 0 or not result_path.exists():
+        return {**row, "failed": f"exit code {code}"}
+    return {**row, **json.loads(result_path.read_text(encoding="utf-8")), "peak_rss_gib": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="a trained extract run directory (e.g. runs/demo/complaints)")
+    parser.add_argument("--records", type=int, default=64, help="held-out records each batch engine answers")
+    parser.add_argument("--latency-records", type=int, default=16, help="records answered one at a time")
+    parser.add_argument("--seed-records", type=int, default=8, help="records the seed loop answers (it is slow)")
+    parser.add_argument("--batch-sizes", type=lambda s: [int(b) for b in s.split(",")], default=[16, 64])
+    parser.add_argument("--gguf-types", type=lambda s: s.split(","), default=["bf16", "q8_0"])
+    parser.add_argument("--peer-constraint", choices=("grammar", "schema", "none"), default="grammar",
+                        help="the peers' constraint: smalltune's grounded grammar, the JSON Schema, or none")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--only", nargs="*", help="measure only the rows whose name contains one of these words")
+    parser.add_argument("--no-bounds", action="store_true", help="skip the bounds")
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/engines"))
+    parser.add_argument("--json", type=Path, help="also write the bounds and rows here")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--seed-loop", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        smalltune_worker(args.run_dir, args.records, args.batch_size, args.result, args.seed_loop)
+        return
+
+    from transformers import AutoConfig
+
+    from smalltune.models import resolve_model
+    from smalltune.runs import RunDir
+
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    console = Console(width=180)
+    model_config = AutoConfig.from_pretrained(resolve_model(RunDir.load(args.run_dir).config().model.name))
+    bounds = None if args.no_bounds else machine_bounds(model_config)
+    if bounds:
+        print_bounds(console, bounds)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for row in systems(args):
+            console.print(f"[bold]{row['name']}[/] ...")
+            rows.append({**row, "failed": row["missing"]} if row.get("missing") else measure(row, args, Path(scratch)))
+    reference = next((r["texts"] for r in rows if "texts" in r and r["name"].startswith("smalltune")), None)
+    for row in rows:
+        if "texts" in row:
+            row["metrics"] = score(args.run_dir, row["texts"], reference)
+    print_rows(console, rows, bounds)
+    if args.json:
+        args.json.write_text(json.dumps({"bounds": bounds, "rows": rows}, ensure_ascii=False, indent=1) + "\n",
+                             encoding="utf-8")
+
+
+def print_bounds(console: Console, bounds: dict) -> None:
+    """The machine's measured rates and the model's bounds."""
+    table = Table(title=f"this machine: memory {bounds['bandwidth_gb_s']:.1f} GB/s; the model: "
+                        f"{bounds['parameters'] / 1e6:.0f}M parameters per decode step")
+    table.add_column("rows")
+    for name in bounds["matmul_gflop_s"]:
+        table.add_column(f"{name} GFLOP/s", justify="right")
+    table.add_column("decode bound, tokens/s", justify="right")
+    for rows in bounds["matmul_gflop_s"]["bf16"]:
+        decode = bounds["decode_bound_tokens_s"].get(rows)
+        table.add_row(rows, *(f"{by[rows]:.0f}" for by in bounds["matmul_gflop_s"].values()),
+                      f"{decode:.1f}" if decode else f"prefill {bounds['prefill_bound_tokens_s']:.0f}")
+    console.print(table)
+
+
+def print_rows(console: Console, rows: list[dict], bounds: dict | None) -> None:
+    """The engines table."""
+    table = Table(title="engines, same prompts, greedy")
+    columns = ("system", "constraint", "records", "records/s", "prompt tok/s", "gen tok/s", "decode tok/s (batch: share)",
+               "valid JSON", "field exact", "record exact", "agreement", "peak RSS GiB", "load s")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("system", "constraint") else "right")
+    for row in rows:
+        if "metrics" not in row:
+            table.add_row(row["name"], row.get("failed", ""), *[""] * (len(columns) - 2))
+            continue
+        m, seconds = row["metrics"], row["seconds"]
+        decode = "; ".join(f"{b}: {rate:.1f}" + (f" ({rate / bounds['decode_bound_tokens_s'][b]:.0%})" if bounds else "")
+                           for b, rate in row.get("decode_tokens_s", {}).items())
+        table.add_row(row["name"], row["constraint"], str(row["records"]), f"{row['records'] / seconds:.2f}",
+                      f"{row.get('prompt_tokens', 0) / seconds:.0f}" if row.get("prompt_tokens") else "",
+                      f"{row['new_tokens'] / seconds:.1f}", decode, f"{m['json_valid']:.3f}", f"{m['field_exact']:.3f}",
+                      f"{m['record_exact']:.3f}", f"{m.get('agreement', 0):.3f}", f"{row['peak_rss_gib']:.2f}",
+                      f"{row['load_s']:.0f}")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
