@@ -55,3 +55,18 @@ def test_a_directory_without_config_is_rejected(tmp_path):
 def test_dtype_choice_respects_an_explicit_setting():
     assert choose_dtype("float32") is torch.float32
     assert choose_dtype("auto") in (torch.bfloat16, torch.float32)
+
+
+def test_the_output_layer_gets_contiguous_hidden_states_when_generate_keeps_the_last_positions(tiny_qwen3_dir):
+    # generate's prefill keeps each row's last position: a strided slice, which torch.matmul multiplies on a CPU
+    # against a copy of the output weight per row unless the loaded model makes it contiguous
+    from smalltune.models import load_model
+
+    model = load_model(str(tiny_qwen3_dir), torch.float32)
+    seen = []
+    model.get_output_embeddings().register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(0, 100, (4, 9))
+    full = model(input_ids=ids).logits[:, -1]
+    kept = model(input_ids=ids, logits_to_keep=1).logits[:, -1]
+    assert seen == [True, True]
+    torch.testing.assert_close(kept, full)

@@ -158,9 +158,21 @@ def load_tokenizer(path: str, chat_template: Path | None = None) -> PreTrainedTo
 
 
 def load_model(path: str, dtype: torch.dtype) -> PreTrainedModel:
-    """The causal LM on the best device, in `dtype`."""
+    """The causal LM on the best device, in `dtype`, its output layer fed contiguous hidden states."""
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as exc:
         raise ModelError(f"cannot load model {path!r}: {exc}") from exc
+    model.get_output_embeddings().register_forward_pre_hook(_contiguous_hidden_states)
     return model.to("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _contiguous_hidden_states(_layer: torch.nn.Module, args: tuple) -> tuple:
+    """The output layer's input made contiguous.
+
+    With `logits_to_keep` (generate's prefill keeps each row's last position) transformers hands the output layer
+    a strided slice of the hidden states. `torch.matmul` cannot fold a strided batch into one matrix product: it
+    multiplies row by row against a weight expanded per row, which a CPU first copies (batch x hidden x vocabulary:
+    4.4 GB and 10 s, a third of the time of 16 complaints answered together on the 2-core development CPU).
+    """
+    return (args[0].contiguous(), *args[1:])
