@@ -38,9 +38,10 @@ def run_llama_cpp(job: dict) -> dict:
         texts.append(out["choices"][0]["text"])
         new_tokens += out["usage"]["completion_tokens"]
     seconds = time.perf_counter() - started
+    decode = llama_decode_rate(llm, job["prompts"][0], job["decode_probe_tokens"])
+    llm.close()
     return {"texts": texts, "new_tokens": new_tokens, "load_s": loaded, "seconds": seconds, "constraint": constraint,
-            "prompt_tokens": sum(len(ids) for ids in job["prompts"]),
-            "decode_tokens_s": {"1": llama_decode_rate(llm, job["prompts"][0], job["decode_probe_tokens"])}}
+            "prompt_tokens": sum(len(ids) for ids in job["prompts"]), "decode_tokens_s": {"1": decode}}
 
 
 def llama_decode_rate(llm, prompt: list[int], tokens: int) -> float:
@@ -127,7 +128,18 @@ ENGINES = {"llama.cpp": run_llama_cpp, "openvino": run_openvino}
 def main() -> None:
     engine, job_path, result_path = sys.argv[1:4]
     job = json.loads(Path(job_path).read_text(encoding="utf-8"))
-    Path(result_path).write_text(json.dumps(ENGINES[engine](job), ensure_ascii=False), encoding="utf-8")
+    result = ENGINES[engine](job)
+    Path(result_path).write_text(json.dumps({**result, "peak_rss_gib": peak_rss_gib()}, ensure_ascii=False),
+                                 encoding="utf-8")
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory in GiB: the kernel's high-water mark of its address space (VmHWM; unlike
+    getrusage's maximum, it does not count the memory of the process that started this one before exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 if __name__ == "__main__":

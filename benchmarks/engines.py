@@ -6,14 +6,16 @@
    64 and of prefill (512 rows), on the model's widest projection, and memory bandwidth (the best of a large
    copy and a large sum). From them and the model's weights: decode's bound at each batch (every step reads all
    weights once: bandwidth over weight bytes, times the batch, capped by the compute at that batch) and prefill's.
-2. **Engines**, each in its own process (peak RSS from the kernel's accounting of that process), on the same
+2. **Engines**, each in its own process (its peak RSS: the kernel's high-water mark of that process's memory,
+   VmHWM, read by the process itself as it ends), on the same
    held-out records, the same prompt token ids (smalltune's, the model's chat template), greedy, answers stopped
    at end of turn, each constrained where it can be:
    smalltune's default engine at infer.batch_size and at `--batch-sizes`, at batch 1 (latency), the seed loop,
    llama.cpp (llama-cpp-python) and OpenVINO GenAI on GGUF exports of the fine-tuned model (bf16/f16 and q8_0).
    Columns: records/s, prompt and generated tokens/s, valid JSON, field exact, whole record, agreement with
    smalltune's answers, peak RSS, load seconds; and each engine's decode rate measured alone (tokens/s of
-   33-token against 1-token answers to one prompt, at batch 1 and at its batch), as a share of the bound.
+   33-token against 1-token answers to one prompt, at batch 1 and at its batch), as a share of the bound for its
+   weight precision (q8_0 reads 34 bytes per 32 weights, so its bandwidth bound is 1.9x bf16's).
 
 Peers run where they are installed: llama.cpp in this environment (`llama_cpp`), OpenVINO GenAI in `.venv-openvino`
 (`make setup-peers`); a missing one is a row that says so. The GGUF files are written once under `--work-dir`.
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,7 @@ PEERS = Path(__file__).with_name("engine_peers.py")
 DECODE_BATCHES = (1, 8, 16, 64)
 PREFILL_ROWS = 512
 DECODE_PROBE_TOKENS = 32
+WEIGHT_BYTES = {"bf16": 2, "f16": 2, "q8_0": 34 / 32}  # bytes a weight takes (q8_0: 32 int8 and one f16 scale)
 
 
 # ---- bounds ----------------------------------------------------------------------------------------------
@@ -56,13 +58,13 @@ def _best_seconds(step, repeats: int = 5) -> float:
 
 
 def memory_bandwidth() -> float:
-    """Bytes/s moved by the best of a 1 GiB bf16 copy (read and write) and sum (read)."""
-    source = torch.ones(2**29, dtype=torch.bfloat16)
+    """Bytes/s moved by the best of a 1 GiB float32 sum (a pure read stream) and copy (read and write)."""
+    source = torch.ones(2**28, dtype=torch.float32)
     target = torch.empty_like(source)
     size = source.numel() * source.element_size()
+    read = size / _best_seconds(lambda: source.sum())
     copy = 2 * size / _best_seconds(lambda: target.copy_(source))
-    read = size / _best_seconds(lambda: source.sum(dtype=torch.float32))
-    return max(copy, read)
+    return max(read, copy)
 
 
 def matmul_throughput(rows: int, inner: int, outer: int, dtype: torch.dtype) -> float:
@@ -83,35 +85,40 @@ def model_costs(config) -> tuple[int, int, int]:
     return hidden, wide, config.num_hidden_layers * per_layer + config.vocab_size * hidden
 
 
-def machine_bounds(model_config, weight_bytes: int = 2) -> dict:
+def machine_bounds(model_config) -> dict:
     """The measured bandwidth and matrix-product rates, and the model's decode and prefill bounds (tokens/s)."""
     hidden, wide, parameters = model_costs(model_config)
     flops_per_token = 2 * parameters
     bandwidth = memory_bandwidth()
     rates = {name: {rows: matmul_throughput(rows, hidden, wide, dtype) for rows in (*DECODE_BATCHES, PREFILL_ROWS)}
              for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
-    decode = {b: min(b * bandwidth / (parameters * weight_bytes), rates["bf16"][b] / flops_per_token)
-              for b in DECODE_BATCHES}
-    return {"bandwidth_gb_s": bandwidth / 1e9, "matmul_gflop_s": {k: {str(r): v / 1e9 for r, v in by_rows.items()}
-                                                                   for k, by_rows in rates.items()},
-            "parameters": parameters, "flops_per_token": flops_per_token,
-            "decode_bound_tokens_s": {str(b): v for b, v in decode.items()},
-            "prefill_bound_tokens_s": rates["bf16"][PREFILL_ROWS] / flops_per_token}
+    bounds = {"bandwidth_gb_s": bandwidth / 1e9, "matmul_gflop_s": {k: {str(r): v / 1e9 for r, v in by_rows.items()}
+                                                                     for k, by_rows in rates.items()},
+              "parameters": parameters, "flops_per_token": flops_per_token,
+              "prefill_bound_tokens_s": rates["bf16"][PREFILL_ROWS] / flops_per_token}
+    bounds["decode_bound_tokens_s"] = {str(b): decode_bound(bounds, str(b), WEIGHT_BYTES["bf16"]) for b in DECODE_BATCHES}
+    return bounds
+
+
+def decode_bound(bounds: dict, batch: str, weight_bytes: float) -> float:
+    """Decode tokens/s the machine allows at `batch` rows: every step reads all weights once (bandwidth over their
+    bytes, times the batch), capped by the bf16 matrix-product rate at that many rows."""
+    reads = int(batch) * bounds["bandwidth_gb_s"] * 1e9 / (bounds["parameters"] * weight_bytes)
+    return min(reads, bounds["matmul_gflop_s"]["bf16"][batch] * 1e9 / bounds["flops_per_token"])
 
 
 # ---- the systems, each in a process of its own ---------------------------------------------------------
 
 
-def run_measured(command: list[str]) -> tuple[int, float]:
-    """Run a command; its exit code and its peak RSS in GiB (the kernel's maximum resident set of that process)."""
-    process = subprocess.Popen(command, cwd=ROOT)
-    _, status, usage = os.wait4(process.pid, 0)
-    return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 2**20
+def run_measured(command: list[str]) -> int:
+    """Run a command in its own process; its exit code."""
+    return subprocess.run(command, cwd=ROOT, check=False).returncode
 
 
 def smalltune_worker(run_dir: Path, records: int, batch_size: int, result_path: Path, seed_loop: bool) -> None:
     """In its own process: the run's records answered by smalltune's default engine (or the seed loop)."""
     sys.path.insert(0, str(Path(__file__).parent))
+    from engine_peers import peak_rss_gib
     from predict_speed import seed_loop as answer_like_the_seed
 
     from smalltune.data.records import load_splits
@@ -126,7 +133,7 @@ def smalltune_worker(run_dir: Path, records: int, batch_size: int, result_path: 
     decode = {} if seed_loop else {str(b): decode_rate(engine, b) for b in sorted({1, batch_size})}
     result_path.write_text(json.dumps({
         "texts": generation.texts, "new_tokens": generation.new_tokens, "load_s": loaded,
-        "prompt_tokens": sum(generation.prompt_tokens),
+        "prompt_tokens": sum(generation.prompt_tokens), "peak_rss_gib": peak_rss_gib(),
         "seconds": generation.seconds, "decode_tokens_s": decode,
         "constraint": "none" if seed_loop else "grounded grammar" if engine.constrained else "none",
     }, ensure_ascii=False), encoding="utf-8")
@@ -212,8 +219,9 @@ def systems(args: argparse.Namespace) -> list[dict]:
     for gguf_type in args.gguf_types:
         rows.append({"name": f"llama.cpp {gguf_type}", "peer": "llama.cpp", "python": sys.executable,
                      "gguf": gguf_type, "records": args.records, "batch": 1})
-        rows.append({"name": f"OpenVINO GenAI {gguf_type}", "peer": "openvino", "python": str(openvino),
-                     "gguf": gguf_type, "records": args.records, "batch": args.batch_sizes[0],
+        readable = "f16" if gguf_type == "bf16" else gguf_type  # OpenVINO's GGUF reader takes f16, not bf16
+        rows.append({"name": f"OpenVINO GenAI {readable}", "peer": "openvino", "python": str(openvino),
+                     "gguf": readable, "records": args.records, "batch": args.batch_sizes[0],
                      "missing": None if openvino.exists() else "no .venv-openvino (make setup-peers)"})
     return [row for row in rows if not args.only or any(word in row["name"] for word in args.only)]
 
@@ -231,10 +239,10 @@ def measure(row: dict, args: argparse.Namespace, scratch: Path) -> dict:
                        args.threads, args.peer_constraint)
         job_path.write_text(json.dumps(job), encoding="utf-8")
         command = [row["python"], str(PEERS), row["peer"], str(job_path), str(result_path)]
-    code, peak = run_measured(command)
+    code = run_measured(command)
     if code != 0 or not result_path.exists():
         return {**row, "failed": f"exit code {code}"}
-    return {**row, **json.loads(result_path.read_text(encoding="utf-8")), "peak_rss_gib": peak}
+    return {**row, **json.loads(result_path.read_text(encoding="utf-8"))}
 
 
 def main() -> None:
@@ -290,7 +298,7 @@ def main() -> None:
 def print_bounds(console: Console, bounds: dict) -> None:
     """The machine's measured rates and the model's bounds."""
     table = Table(title=f"this machine: memory {bounds['bandwidth_gb_s']:.1f} GB/s; the model: "
-                        f"{bounds['parameters'] / 1e6:.0f}M parameters per decode step")
+                        f"{bounds['parameters'] / 1e6:.0f}M parameters per decode step (bf16 bounds)")
     table.add_column("rows")
     for name in bounds["matmul_gflop_s"]:
         table.add_column(f"{name} GFLOP/s", justify="right")
@@ -314,7 +322,8 @@ def print_rows(console: Console, rows: list[dict], bounds: dict | None) -> None:
             table.add_row(row["name"], row.get("failed", ""), *[""] * (len(columns) - 2))
             continue
         m, seconds = row["metrics"], row["seconds"]
-        decode = "; ".join(f"{b}: {rate:.1f}" + (f" ({rate / bounds['decode_bound_tokens_s'][b]:.0%})" if bounds else "")
+        weight_bytes = WEIGHT_BYTES[row.get("gguf", "bf16")]
+        decode = "; ".join(f"{b}: {rate:.1f}" + (f" ({rate / decode_bound(bounds, b, weight_bytes):.0%})" if bounds else "")
                            for b, rate in row.get("decode_tokens_s", {}).items())
         table.add_row(row["name"], row["constraint"], str(row["records"]), f"{row['records'] / seconds:.2f}",
                       f"{row.get('prompt_tokens', 0) / seconds:.0f}" if row.get("prompt_tokens") else "",

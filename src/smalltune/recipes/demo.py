@@ -127,7 +127,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe("policy-pages", "policy page text -> title, date, body",
                lambda out, n, m, _: write_pages(out, n, m), 80, 32, 21, True),
         Recipe("web-pages", "web page HTML -> publish date, main text as line ranges",
-               write_web_pages_and_real, 48, 16, 60, False,
+               write_web_pages_and_real, 48, 16, 51, True,
                (OtherTest("real pages", REAL_FILE, untuned=True),)),
         Recipe("news-classify", "TNEWS headline -> one of the 15 categories (FewCLUE)",
                write_news, 1185, 200, 15, True,
