@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# the CPU build of torch first where there is no CUDA (a plain `torch` pulls a multi-GB CUDA build)
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; else $(BIN)/pip install -q torch==2.13.0; fi
-	$(BIN)/pip install -q -e '.[default-model,test,ray]'
+	$(BIN)/pip install -q -e '.[default-model,test,ray,openvino]'
 	# headless Chromium and a CJK font for the report test (root on Debian/Ubuntu; others: install them yourself)
 	if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		apt-get update -q && apt-get install -y -q chromium fonts-wqy-microhei; fi

@@ -10,7 +10,8 @@
    VmHWM, read by the process itself as it ends), on the same
    held-out records, the same prompt token ids (smalltune's, the model's chat template), greedy, answers stopped
    at end of turn, each constrained where it can be:
-   smalltune's default engine at infer.batch_size and at `--batch-sizes`, at batch 1 (latency), the seed loop,
+   smalltune's default engine at infer.batch_size and at `--batch-sizes`, its OpenVINO engine (`--engine openvino`),
+   the default engine at batch 1 (latency), the seed loop,
    llama.cpp (llama-cpp-python) and OpenVINO GenAI on GGUF exports of the fine-tuned model (bf16/f16 and q8_0).
    Columns: records/s, prompt and generated tokens/s, valid JSON, field exact, whole record, agreement with
    smalltune's answers, peak RSS, load seconds; and each engine's decode rate measured alone (tokens/s of
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -110,13 +112,15 @@ def decode_bound(bounds: dict, batch: str, weight_bytes: float) -> float:
 # ---- the systems, each in a process of its own ---------------------------------------------------------
 
 
-def run_measured(command: list[str]) -> int:
-    """Run a command in its own process; its exit code."""
-    return subprocess.run(command, cwd=ROOT, check=False).returncode
+def run_measured(command: list[str], source: Path | None = None) -> int:
+    """Run a command in its own process (importing smalltune from `source` when given); its exit code."""
+    env = {**os.environ, "PYTHONPATH": str(source.resolve())} if source else None
+    return subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
 
 
-def smalltune_worker(run_dir: Path, records: int, batch_size: int, result_path: Path, seed_loop: bool) -> None:
-    """In its own process: the run's records answered by smalltune's default engine (or the seed loop)."""
+def smalltune_worker(run_dir: Path, records: int, batch_size: int, result_path: Path, seed_loop: bool,
+                     engine_name: str) -> None:
+    """In its own process: the run's records answered by one of smalltune's engines (or the seed loop)."""
     sys.path.insert(0, str(Path(__file__).parent))
     from engine_peers import peak_rss_gib
     from predict_speed import seed_loop as answer_like_the_seed
@@ -125,12 +129,13 @@ def smalltune_worker(run_dir: Path, records: int, batch_size: int, result_path: 
     from smalltune.inference.engine import load_engine
 
     started = time.perf_counter()
-    engine = load_engine(run_dir, merge=not seed_loop)  # the seed loop kept its adapter attached
+    engine = load_engine(run_dir, engine_name, merge=not seed_loop)  # the seed loop kept its adapter attached
     engine.config = engine.config.model_copy(update={"infer": engine.config.infer.model_copy(update={"batch_size": batch_size})})
     chosen = load_splits(engine.config.data, check=engine.task.check).test[:records]
     loaded = time.perf_counter() - started
     generation = answer_like_the_seed(engine, chosen) if seed_loop else engine.generate(chosen)
-    decode = {} if seed_loop else {str(b): decode_rate(engine, b) for b in sorted({1, batch_size})}
+    decode = {} if seed_loop or engine_name != "transformers" else {str(b): decode_rate(engine, b)
+                                                                     for b in sorted({1, batch_size})}
     result_path.write_text(json.dumps({
         "texts": generation.texts, "new_tokens": generation.new_tokens, "load_s": loaded,
         "prompt_tokens": sum(generation.prompt_tokens), "peak_rss_gib": peak_rss_gib(),
@@ -211,6 +216,12 @@ def systems(args: argparse.Namespace) -> list[dict]:
     me = [sys.executable, __file__, "--worker", str(args.run_dir)]
     rows = [{"name": f"smalltune, batch {b}", "command": [*me, "--batch-size", str(b)], "records": args.records,
              "batch": b} for b in args.batch_sizes]
+    if args.before:
+        rows.append({"name": f"smalltune, batch {args.batch_sizes[0]}, source {args.before}", "source": str(args.before),
+                     "command": [*me, "--batch-size", str(args.batch_sizes[0])], "records": args.records,
+                     "batch": args.batch_sizes[0]})
+    rows.append({"name": "smalltune --engine openvino", "command": [*me, "--engine", "openvino", "--batch-size",
+                 str(args.batch_sizes[0])], "records": args.records, "batch": args.batch_sizes[0], "gguf": "f16"})
     rows.append({"name": "smalltune, batch 1 (latency)", "command": [*me, "--batch-size", "1"],
                  "records": args.latency_records, "batch": 1})
     rows.append({"name": "seed loop", "command": [*me, "--batch-size", "1", "--seed-loop"],
@@ -239,7 +250,7 @@ def measure(row: dict, args: argparse.Namespace, scratch: Path) -> dict:
                        args.threads, args.peer_constraint)
         job_path.write_text(json.dumps(job), encoding="utf-8")
         command = [row["python"], str(PEERS), row["peer"], str(job_path), str(result_path)]
-    code = run_measured(command)
+    code = run_measured(command, Path(row["source"]) if row.get("source") else None)
     if code != 0 or not result_path.exists():
         return {**row, "failed": f"exit code {code}"}
     return {**row, **json.loads(result_path.read_text(encoding="utf-8"))}
@@ -258,15 +269,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--only", nargs="*", help="measure only the rows whose name contains one of these words")
     parser.add_argument("--no-bounds", action="store_true", help="skip the bounds")
+    parser.add_argument("--before", type=Path, help="a row more: the default engine from the smalltune source in this "
+                        "folder (e.g. an earlier commit's src/, from `git worktree add`)")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/engines"))
     parser.add_argument("--json", type=Path, help="also write the bounds and rows here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--seed-loop", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--engine", default="transformers", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        smalltune_worker(args.run_dir, args.records, args.batch_size, args.result, args.seed_loop)
+        smalltune_worker(args.run_dir, args.records, args.batch_size, args.result, args.seed_loop, args.engine)
         return
 
     from transformers import AutoConfig

@@ -61,6 +61,30 @@ def qwen3_tokenizer(default_model_dir, qwen3_template):
     return tokenizer
 
 
+def tiny_model_dir(root: Path, tokenizer, config) -> Path:
+    """A random-weight model of `config` with the given tokenizer, saved under root."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tmp_path_factory, qwen_tokenizer) -> Path:
+    """A Qwen2 (q/k/v biases, untied output layer) with Qwen2.5's tokenizer and template (a default system prompt)."""
+    from transformers import Qwen2Config
+
+    config = Qwen2Config(
+        vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, rope_theta=1e6, tie_word_embeddings=False,
+        eos_token_id=qwen_tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=qwen_tokenizer.pad_token_id,
+    )
+    return tiny_model_dir(tmp_path_factory.mktemp("tiny-qwen2"), qwen_tokenizer, config)
+
+
 @pytest.fixture(scope="session")
 def tiny_qwen3_dir(tmp_path_factory, qwen3_tokenizer) -> Path:
     """A Qwen3-architecture model with random weights (2 layers, hidden 64) and the Qwen3 chat template."""

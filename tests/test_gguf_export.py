@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 from llama_cpp import Llama, llama_get_logits_ith
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 from typer.testing import CliRunner
 
-from conftest import make_run_dir
+from conftest import make_run_dir, tiny_model_dir
 from smalltune.cli import app
 from smalltune.data.records import Record
 from smalltune.errors import ModelError, OutputError
@@ -23,25 +23,6 @@ from smalltune.tasks import build_task
 TEXTS = ["我叫王芳，住在北京市朝阳区建国路88号，邮箱wangfang@example.com。快递三天都没到。", "手机屏幕碎了。"]
 ROUNDED = {"bf16": torch.bfloat16, "f16": torch.float16}
 CASES = [("qwen2", "bf16"), ("qwen3", "f16")]
-
-
-def tiny_model_dir(root, tokenizer, config):
-    """A random-weight model of `config` with the given tokenizer, saved under root."""
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(root)
-    tokenizer.save_pretrained(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_qwen2_dir(tmp_path_factory, qwen_tokenizer):
-    """A Qwen2 (q/k/v biases, untied output layer) with Qwen2.5's tokenizer and template (a default system prompt)."""
-    config = Qwen2Config(
-        vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048, rope_theta=1e6, tie_word_embeddings=False,
-        eos_token_id=qwen_tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=qwen_tokenizer.pad_token_id,
-    )
-    return tiny_model_dir(tmp_path_factory.mktemp("tiny-qwen2"), qwen_tokenizer, config)
 
 
 @pytest.fixture(scope="module")

@@ -62,6 +62,7 @@ FORMATS = Registry("data format", "data.format", {
 ENGINES = Registry("inference engine", "--engine", {
     "transformers": "smalltune.inference.transformers_engine:TransformersEngine",
     "vllm": "smalltune.inference.vllm_engine:VllmEngine",
+    "openvino": "smalltune.inference.openvino_engine:OpenVinoEngine",
 })
 
 BASELINES = Registry("baseline", "eval.baselines", {
