@@ -54,7 +54,9 @@ class OpenVinoEngine(Engine):
         _openvino()
         path, tokenizer = cls.base_model_and_tokenizer(config, adapter)
         base = base_gguf(path, tokenizer, config)
-        return cls(tokenizer, config, tuned_gguf(adapter.parent) if adapter is not None else base, base)
+        engine = cls(tokenizer, config, tuned_gguf(adapter.parent) if adapter is not None else base, base)
+        engine._pipeline()  # the model is compiled here, as the other engines load theirs, not at the first answer
+        return engine
 
     def merged(self) -> OpenVinoEngine:
         """The engine as it is: the adapter is merged into the GGUF file it reads."""
