@@ -3,6 +3,8 @@ and untuned, from the GGUF files it writes once."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -59,3 +61,15 @@ def test_untuned_answers_from_the_base_model(run, one_thread):
     tuned = engine.generate(records())
     assert base.texts == want.texts
     assert tuned.texts != base.texts
+
+
+def test_a_run_trained_again_in_place_is_exported_again(run, one_thread):
+    from smalltune.inference.openvino_engine import tuned_gguf
+
+    engine = load_engine(run, "openvino")
+    written = tuned_gguf(run / "adapter", engine.tokenizer, engine.config)
+    before = written.stat().st_mtime_ns
+    assert tuned_gguf(run / "adapter", engine.tokenizer, engine.config).stat().st_mtime_ns == before  # written once
+    weights = run / "adapter" / "adapter_model.safetensors"
+    os.utime(weights, ns=(before + 10**9, before + 10**9))  # the adapter now newer than its export
+    assert tuned_gguf(run / "adapter", engine.tokenizer, engine.config).stat().st_mtime_ns > before

@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"config"},
     {"runs", "data"},
     {"tasks"},
-    {"formatting", "models"},
+    {"formatting", "models", "gguf_writer"},
     {"inference"},
     {"training"},
     {"evaluation", "serving", "labelling"},

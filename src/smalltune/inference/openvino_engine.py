@@ -3,14 +3,14 @@
 An `Engine` like the others (`inference.engine`): it is fed the token ids of `formatting.shown_prompts`, each
 record's EBNF answer grammar (through OpenVINO GenAI's structured output, an XGrammar backend like smalltune's
 own), decodes greedily and stops at the template's end-of-turn token. OpenVINO reads the model as GGUF: the
-run's adapter merged into the base weights and written once as f16 (`serving.export.export_gguf`) into the run
+run's adapter merged into the base weights and written once as f16 (`gguf_writer.write_gguf`) into the run
 directory's `openvino-f16/`; `untuned` answers from the base model, written once as f16 GGUF beside smalltune's
 converted models. Sequences join and leave the running batch one by one (a finished answer's slot is refilled at
 once, nothing is padded to the longest answer), and a prompt opening computed once is reused from the prefix
 cache. It does not answer by scoring candidates (a classify task needs infer.classify: generate here).
 
-On the 2-core development CPU (`benchmarks/engines.py`, 64 held-out complaints, grounded grammars): 1.71
-records/s against the transformers engine's 0.80 at batch 16, the same answer for all 64 records.
+On the 2-core development CPU (`benchmarks/engines.py`, 64 held-out complaints, grounded grammars): 1.69
+records/s against the transformers engine's 0.87 at batch 16, the same answer for all 64 records.
 OpenVINO GenAI is imported only when an engine is built: `pip install 'smalltune[openvino]'`.
 """
 
@@ -25,13 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from smalltune.config import TaskConfig
 from smalltune.errors import ModelError
-from smalltune.inference.engine import Engine, OnBatch
 from smalltune.formatting import end_of_turn_ids
-from smalltune.models import cache_root, load_model
+from smalltune.inference.engine import Engine, OnBatch
+from smalltune.gguf_writer import write_gguf
+from smalltune.models import cache_root, load_model, resolve_model
 
 INSTALL_HINT = "pip install 'smalltune[openvino]' (OpenVINO GenAI)"
 GGUF_TYPE = "f16"  # OpenVINO's GGUF reader takes f16 and q8_0, not bf16
@@ -42,7 +44,7 @@ SUBMITTED = 64  # prompts handed to the pipeline at a time: enough to keep its b
 class OpenVinoEngine(Engine):
     """Greedy answers from OpenVINO GenAI's continuous-batching pipeline over GGUF files of the tuned and base models."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: TaskConfig, tuned: Path, base: Path | None):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: TaskConfig, tuned: Path, base: Path):
         super().__init__(tokenizer, config)
         self._files = {"tuned": tuned, "base": base}
         self._pipelines: dict[str, Any] = {}
@@ -54,7 +56,7 @@ class OpenVinoEngine(Engine):
         _openvino()
         path, tokenizer = cls.base_model_and_tokenizer(config, adapter)
         base = base_gguf(path, tokenizer, config)
-        engine = cls(tokenizer, config, tuned_gguf(adapter.parent) if adapter is not None else base, base)
+        engine = cls(tokenizer, config, tuned_gguf(adapter, tokenizer, config) if adapter is not None else base, base)
         engine._pipeline()  # the model is compiled here, as the other engines load theirs, not at the first answer
         return engine
 
@@ -114,32 +116,35 @@ class OpenVinoEngine(Engine):
         return config
 
 
-def tuned_gguf(run_dir: Path) -> Path:
-    """The run's adapter merged into its base model as f16 GGUF, written into the run directory at first use."""
-    from smalltune.serving.export import export_gguf
-
-    folder = run_dir / f"openvino-{GGUF_TYPE}"
-    if not (folder / "model.gguf").exists():
-        export_gguf(run_dir, folder, GGUF_TYPE)
-    return folder / "model.gguf"
+def tuned_gguf(adapter: Path, tokenizer: PreTrainedTokenizerBase, config: TaskConfig) -> Path:
+    """The adapter merged into its base model (in float32) as f16 GGUF, written into the run directory at first use
+    and again whenever the adapter is newer than the file (a run trained again in place)."""
+    written = adapter.parent / f"openvino-{GGUF_TYPE}" / "model.gguf"
+    trained = max(f.stat().st_mtime_ns for f in adapter.iterdir() if f.is_file())
+    if not written.exists() or written.stat().st_mtime_ns < trained:
+        base = load_model(resolve_model(config.model.name), torch.float32)
+        _write_once(PeftModel.from_pretrained(base, str(adapter)).merge_and_unload(), tokenizer, written, config)
+    return written
 
 
 def base_gguf(model_path: str, tokenizer: PreTrainedTokenizerBase, config: TaskConfig) -> Path:
     """The base model as f16 GGUF, written once under smalltune's model cache (named by the model folder and
-    when its weights were written, so a changed model is written anew)."""
-    from smalltune.serving.gguf_export import write_gguf
-
+    when its files were written, so a changed model is written anew)."""
     folder = Path(model_path).resolve()
     stamp = max((f.stat().st_mtime_ns for f in folder.iterdir() if f.is_file()), default=0)
     key = hashlib.sha1(f"{folder}:{stamp}".encode()).hexdigest()[:12]
     path = cache_root() / "openvino" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', folder.name)}-{key}-{GGUF_TYPE}.gguf"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")  # renamed into place whole: no half-written file is read
-        write_gguf(load_model(model_path, torch.float32), tokenizer, partial, GGUF_TYPE, config.model.name,
-                   end_of_turn_ids(tokenizer)[0])
-        os.replace(partial, path)
+        _write_once(load_model(model_path, torch.float32), tokenizer, path, config)
     return path
+
+
+def _write_once(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path, config: TaskConfig) -> None:
+    """The model as f16 GGUF at `path`, renamed into place whole (no half-written file is ever read)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    write_gguf(model, tokenizer, partial, GGUF_TYPE, config.name, end_of_turn_ids(tokenizer)[0])
+    os.replace(partial, path)
 
 
 def _openvino() -> Any:

@@ -7,7 +7,7 @@ no custom code, so vLLM (`vllm serve DIR`), SGLang (`--model-path DIR`) and plai
 `AutoModelForCausalLM.from_pretrained(DIR)` load it without options. vLLM and SGLang ignore
 `do_sample`: ask them for `temperature=0` to get the greedy answers the run was evaluated with.
 
-`export_gguf` writes the merged model as one GGUF file for llama.cpp and Ollama (`gguf_export`), with a
+`export_gguf` writes the merged model as one GGUF file for llama.cpp and Ollama (`gguf_writer`), with a
 Modelfile and a README beside it.
 
 `export_adapter` copies the adapter alone (a few MB) with a README on how those servers attach it.
@@ -30,7 +30,7 @@ from smalltune.formatting import end_of_turn_ids
 from smalltune.io import atomic_write_text
 from smalltune.models import load_model, load_tokenizer, resolve_model
 from smalltune.runs import RunDir
-from smalltune.serving.gguf_export import file_types, gguf_architecture, modelfile, readme, write_gguf
+from smalltune.gguf_writer import file_types, gguf_architecture, modelfile, readme, write_gguf
 
 
 def _check_out(out_dir: Path) -> None:
