@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -188,10 +189,15 @@ def peer_job(run_dir: Path, records: int, model_file: Path, batch_size: int, thr
 
 
 def gguf_file(run_dir: Path, work_dir: Path, gguf_type: str) -> Path:
-    """The run's fine-tuned model as GGUF of `gguf_type`, exported once into work_dir."""
+    """The run's fine-tuned model as GGUF of `gguf_type`, exported once into work_dir (per run directory, and again
+    when its adapter is newer than the file)."""
     from smalltune.serving.export import export_gguf
 
-    folder = work_dir / f"gguf-{gguf_type}"
+    run = run_dir.resolve()
+    folder = work_dir / f"{run.parent.name}-{run.name}-gguf-{gguf_type}"
+    trained = max(f.stat().st_mtime_ns for f in (run / "adapter").iterdir() if f.is_file())
+    if (folder / "model.gguf").exists() and (folder / "model.gguf").stat().st_mtime_ns < trained:
+        shutil.rmtree(folder)
     if not (folder / "model.gguf").exists():
         export_gguf(run_dir, folder, gguf_type)
     return folder / "model.gguf"
