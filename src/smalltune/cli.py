@@ -17,7 +17,7 @@ from rich.table import Table
 
 from smalltune.config import load_config
 from smalltune.errors import SmalltuneError
-from smalltune.registry import ENGINES, KINDS
+from smalltune.registry import AUTO_ENGINE, ENGINES, KINDS
 
 app = typer.Typer(help="Fine-tune a small private model for one narrow task, and run it fast.", no_args_is_help=True)
 data_app = typer.Typer(help="Inspect and convert data files.", no_args_is_help=True)
@@ -26,8 +26,8 @@ console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes 
 
 TaskFile = typer.Argument(..., exists=False, help="The task's YAML file.")
 _SHOWN = 20  # records listed by name in a warning; the rest are counted
-EngineName = typer.Option("transformers", "--engine",
-                          help=f"{' | '.join(ENGINES.names())} (vLLM in its own environment: `make setup-vllm`).")
+EngineName = typer.Option(None, "--engine", show_default=f"the task file's infer.engine, {AUTO_ENGINE}",
+                          help=f"{AUTO_ENGINE} | {' | '.join(ENGINES.names())} (vLLM in its own environment: `make setup-vllm`).")
 
 
 def _progress() -> Progress:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from smalltune.errors import ConfigError, validation_problems
 from smalltune.io import LONE_SURROGATE, atomic_write_text
-from smalltune.registry import FORMATS, KINDS
+from smalltune.registry import AUTO_ENGINE, ENGINES, FORMATS, KINDS
 
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -264,6 +264,11 @@ class TrainSettings(_Strict):
 class InferSettings(_Strict):
     """Generation settings shared by eval, predict and serve."""
 
+    engine: str = Field(
+        AUTO_ENGINE, description=f"the engine eval, predict and serve answer with ({' | '.join(ENGINES.names())}; "
+        "--engine overrides it). auto: openvino on a CPU for tasks that decode their answers, where OpenVINO GenAI is "
+        "installed and reads the model (Qwen2/Qwen3), else transformers",
+    )
     batch_size: int = 16
     max_new_tokens: int = 256
     constrained: bool = Field(True, description="decode only valid answers: the declared JSON fields, or one label")
@@ -282,6 +287,11 @@ class InferSettings(_Strict):
         "(`scores`). generate: the label is decoded token by token (one of the candidates when constrained), "
         "without probabilities; the vLLM engine answers this way only",
     )
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        return value if value == AUTO_ENGINE else ENGINES.check(value)
 
 
 class EvalSettings(_Strict):

@@ -59,6 +59,7 @@ FORMATS = Registry("data format", "data.format", {
     "columns": "smalltune.data.formats:Columns",
 })
 
+AUTO_ENGINE = "auto"  # infer.engine's default: the engine `inference.engine.choose_engine` picks for the task and machine
 ENGINES = Registry("inference engine", "--engine", {
     "transformers": "smalltune.inference.transformers_engine:TransformersEngine",
     "vllm": "smalltune.inference.vllm_engine:VllmEngine",

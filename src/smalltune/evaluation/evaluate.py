@@ -115,7 +115,7 @@ def bootstrap_intervals(
 
 
 def evaluate_run(
-    run_dir: Path | RunDir, limit: int | None = None, on_batch: OnBatch | None = None, engine: str = "transformers",
+    run_dir: Path | RunDir, limit: int | None = None, on_batch: OnBatch | None = None, engine: str | None = None,
     test_file: Path | None = None, untuned: bool = True, **engine_options: Any,
 ) -> dict[str, SystemResult]:
     """Score the baselines, the untuned model (zero- and few-shot) and the fine-tuned one on the run's test
@@ -123,7 +123,7 @@ def evaluate_run(
 
     `test_file` (read like the task's test file) replaces the test records; its results go to the run's folder
     for that file (`RunDir.evaluation`) instead. Without `untuned` the untuned model is not measured. The models
-    run in the engine registered as `engine` (`load_engine`). The few-shot examples are the first `eval.few_shot`
+    run in the engine named `engine` (`load_engine`; None: the task file's infer.engine). The few-shot examples are the first `eval.few_shot`
     training records; their prompt may grow by one training example's length (model.max_length) per shot, so the
     test record is not cut to make room.
     """

@@ -4,10 +4,11 @@ An `Engine` like the others (`inference.engine`): it is fed the token ids of `fo
 record's EBNF answer grammar (through OpenVINO GenAI's structured output, an XGrammar backend like smalltune's
 own), decodes greedily and stops at the template's end-of-turn token. OpenVINO reads the model as GGUF: the
 run's adapter merged into the base weights and written once as f16 (`gguf_writer.write_gguf`) into the run
-directory's `openvino-f16/`; `untuned` answers from the base model, written once as f16 GGUF beside smalltune's
-converted models. Sequences join and leave the running batch one by one (a finished answer's slot is refilled at
+directory's `openvino-f16/`; `untuned` answers from the base model, written at its first use as f16 GGUF beside
+smalltune's converted models. Sequences join and leave the running batch one by one (a finished answer's slot is refilled at
 once, nothing is padded to the longest answer), and a prompt opening computed once is reused from the prefix
-cache. It does not answer by scoring candidates (a classify task needs infer.classify: generate here).
+cache. It does not answer by scoring candidates (a classify task needs infer.classify: generate here). It is the
+engine `auto` picks on a CPU where it can answer (`inference.engine.choose_engine`).
 
 On the 2-core development CPU (`benchmarks/engines.py`, 64 held-out complaints, grounded grammars): 1.69
 records/s against the transformers engine's 0.87 at batch 16, the same answer for all 64 records.
@@ -44,9 +45,10 @@ SUBMITTED = 64  # prompts handed to the pipeline at a time: enough to keep its b
 class OpenVinoEngine(Engine):
     """Greedy answers from OpenVINO GenAI's continuous-batching pipeline over GGUF files of the tuned and base models."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: TaskConfig, tuned: Path, base: Path):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: TaskConfig, model_path: str, adapter: Path | None):
         super().__init__(tokenizer, config)
-        self._files = {"tuned": tuned, "base": base}
+        self._model_path = model_path
+        self._adapter = adapter
         self._pipelines: dict[str, Any] = {}
         self._active = "tuned"
 
@@ -55,8 +57,7 @@ class OpenVinoEngine(Engine):
         """The run's merged model (its GGUF written once into the run directory), or the base model without one."""
         _openvino()
         path, tokenizer = cls.base_model_and_tokenizer(config, adapter)
-        base = base_gguf(path, tokenizer, config)
-        engine = cls(tokenizer, config, tuned_gguf(adapter, tokenizer, config) if adapter is not None else base, base)
+        engine = cls(tokenizer, config, path, adapter)
         engine._pipeline()  # the model is compiled here, as the other engines load theirs, not at the first answer
         return engine
 
@@ -73,6 +74,13 @@ class OpenVinoEngine(Engine):
         finally:
             self._active = "tuned"
 
+    def _gguf(self) -> Path:
+        """The active model's GGUF file, written at its first use: the base model's (untuned, or no adapter) or the
+        adapter merged into it."""
+        if self._active == "base" or self._adapter is None:
+            return base_gguf(self._model_path, self.tokenizer, self.config)
+        return tuned_gguf(self._adapter, self.tokenizer, self.config)
+
     def _pipeline(self) -> Any:
         """The continuous-batching pipeline of the active model, built at its first use."""
         if self._active not in self._pipelines:
@@ -82,7 +90,7 @@ class OpenVinoEngine(Engine):
             scheduler.max_num_seqs = self.config.infer.batch_size
             scheduler.cache_size = KV_CACHE_GIB
             self._pipelines[self._active] = og.ContinuousBatchingPipeline(
-                str(self._files[self._active]), scheduler, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
+                str(self._gguf()), scheduler, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
         return self._pipelines[self._active]
 
     def _answer(self, prompts: list[list[int]], grammars: list | None, on_batch: OnBatch | None) -> tuple[list[str], int]:
@@ -140,9 +148,10 @@ def base_gguf(model_path: str, tokenizer: PreTrainedTokenizerBase, config: TaskC
 
 
 def _write_once(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path, config: TaskConfig) -> None:
-    """The model as f16 GGUF at `path`, renamed into place whole (no half-written file is ever read)."""
+    """The model as f16 GGUF at `path`, renamed into place whole (no half-written file is ever read; processes
+    writing the same file at once, such as Ray workers on one machine, each write their own partial file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     write_gguf(model, tokenizer, partial, GGUF_TYPE, config.name, end_of_turn_ids(tokenizer)[0])
     os.replace(partial, path)
 

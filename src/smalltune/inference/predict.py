@@ -24,7 +24,7 @@ def predict_file(
     out: Path,
     on_start: Callable[[int], None] | None = None,
     on_batch: OnBatch | None = None,
-    engine: Engine | str = "transformers",
+    engine: Engine | str | None = None,
 ) -> int:
     """Answer each record not yet in `out`, appending one line per record; returns how many were answered.
 
@@ -35,7 +35,7 @@ def predict_file(
     new, empty or an earlier output of predict (see `io.read_appended`). An invalid input record gets an
     error line (its id, its `where`) instead of stopping the run. An answer chosen by scoring its candidates (classify)
     also gets `scores`: each candidate's probability. `engine` answers the records: an `Engine`, or
-    the name of one to load the run's model into (see `load_engine`).
+    the name of one to load the run's model into (see `load_engine`; None: the task file's infer.engine).
     """
     input_file, out = data_path(input_file).resolve(), Path(out)  # resolved: one file's error lines, however spelled
     local = local_path(input_file)

@@ -70,7 +70,7 @@ def predict_on_ray(
     input_path: Path | str | RemotePath,
     out_dir: Path,
     plan: RayPlan = RayPlan(),
-    engine: str = "transformers",
+    engine: str | None = None,
     on_start: Callable[[int], None] | None = None,
     on_batch: OnBatch | None = None,
     shard_format: ShardFormat = "jsonl",

@@ -311,7 +311,7 @@ def serve(
     port: int = 8000,
     settings: ServeSettings | None = None,
     log_level: str = "info",
-    engine: str = "transformers",
+    engine: str | None = None,
 ) -> None:
     """Load the run's fine-tuned model in `engine` (`load_engine`) and serve it until interrupted (Ctrl-C or SIGTERM)."""
     import uvicorn
