@@ -18,7 +18,8 @@
    Columns: records/s, prompt and generated tokens/s, valid JSON, field exact, whole record, agreement with
    smalltune's answers, peak RSS, load seconds; and each engine's decode rate measured alone (tokens/s of
    33-token against 1-token answers to one prompt, at batch 1 and at its batch), as a share of the bound for its
-   weight precision (q8_0 reads 34 bytes per 32 weights, so its bandwidth bound is 1.9x bf16's).
+   weight precision (q8_0 reads 34 bytes per 32 weights, so its bandwidth bound is 1.9x bf16's; fp32 half of it),
+   capped by the best product rate measured. `--tables-from JSON` prints a saved run's tables again.
 
 Peers run where they are installed: llama.cpp in this environment (`llama_cpp`), OpenVINO GenAI in `.venv-openvino`
 (`make setup-peers`); a missing one is a row that says so. The GGUF files are written once under `--work-dir`.
@@ -45,7 +46,8 @@ PEERS = Path(__file__).with_name("engine_peers.py")
 DECODE_BATCHES = (1, 8, 16, 64)
 PREFILL_ROWS = 512
 DECODE_PROBE_TOKENS = 32
-WEIGHT_BYTES = {"bf16": 2, "f16": 2, "q8_0": 34 / 32}  # bytes a weight takes (q8_0: 32 int8 and one f16 scale)
+WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "f16": 2, "q8_0": 34 / 32}  # bytes a weight takes (q8_0: 32 int8, one f16 scale)
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
 # ---- bounds ----------------------------------------------------------------------------------------------
@@ -99,17 +101,26 @@ def machine_bounds(model_config) -> dict:
              for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
     bounds = {"bandwidth_gb_s": bandwidth / 1e9, "matmul_gflop_s": {k: {str(r): v / 1e9 for r, v in by_rows.items()}
                                                                      for k, by_rows in rates.items()},
-              "parameters": parameters, "flops_per_token": flops_per_token,
-              "prefill_bound_tokens_s": rates["bf16"][PREFILL_ROWS] / flops_per_token}
-    bounds["decode_bound_tokens_s"] = {str(b): decode_bound(bounds, str(b), WEIGHT_BYTES["bf16"]) for b in DECODE_BATCHES}
-    return bounds
+              "parameters": parameters, "flops_per_token": flops_per_token}
+    return with_bounds(bounds)
+
+
+def with_bounds(bounds: dict) -> dict:
+    """The measured rates with prefill's bound (the best product rate at prefill's rows) and decode's at each batch
+    for 2-byte (bf16/f16) and 4-byte (fp32) weights."""
+    prefill = max(by_rows[str(PREFILL_ROWS)] for by_rows in bounds["matmul_gflop_s"].values())
+    return {**bounds, "prefill_bound_tokens_s": prefill * 1e9 / bounds["flops_per_token"], "decode_bound_tokens_s": {
+        weights: {str(b): decode_bound(bounds, str(b), WEIGHT_BYTES[weights]) for b in DECODE_BATCHES}
+        for weights in ("bf16", "fp32")}}
 
 
 def decode_bound(bounds: dict, batch: str, weight_bytes: float) -> float:
     """Decode tokens/s the machine allows at `batch` rows: every step reads all weights once (bandwidth over their
-    bytes, times the batch), capped by the bf16 matrix-product rate at that many rows."""
+    bytes, times the batch), capped by the machine's best measured matrix-product rate (bf16 or fp32, at any number
+    of rows: a CPU without bf16 instructions computes bf16 slowly, and engines there compute in fp32)."""
     reads = int(batch) * bounds["bandwidth_gb_s"] * 1e9 / (bounds["parameters"] * weight_bytes)
-    return min(reads, bounds["matmul_gflop_s"]["bf16"][batch] * 1e9 / bounds["flops_per_token"])
+    best = max(max(by_rows.values()) for by_rows in bounds["matmul_gflop_s"].values())
+    return min(reads, best * 1e9 / bounds["flops_per_token"])
 
 
 # ---- the systems, each in a process of its own ---------------------------------------------------------
@@ -147,8 +158,9 @@ def smalltune_worker(run_dir: Path, records: int, batch_size: int, result_path: 
     generation = answer_like_the_seed(engine, chosen) if seed_loop else engine.generate(chosen)
     probed = not seed_loop and (hasattr(engine, "_pipeline") or hasattr(engine, "model"))  # not vLLM's
     decode = {str(b): decode_rate(engine, b) for b in sorted({1, batch_size})} if probed else {}
+    model = getattr(engine, "model", None)
     result_path.write_text(json.dumps({
-        "engine": type(engine).__name__,
+        "engine": type(engine).__name__, "weights": DTYPE_NAMES.get(model.dtype) if model is not None else None,
         "texts": generation.texts, "new_tokens": generation.new_tokens, "load_s": loaded,
         "prompt_tokens": sum(generation.prompt_tokens), "peak_rss_gib": peak_rss_gib(),
         "seconds": generation.seconds, "decode_tokens_s": decode,
@@ -332,6 +344,7 @@ def main() -> None:
                         "folder (e.g. an earlier commit's src/, from `git worktree add`)")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/engines"))
     parser.add_argument("--json", type=Path, help="also write the bounds and rows here")
+    parser.add_argument("--tables-from", type=Path, help="print the tables of a run saved with --json, measuring nothing")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--seed-loop", action="store_true", help=argparse.SUPPRESS)
@@ -342,13 +355,22 @@ def main() -> None:
         smalltune_worker(args.run_dir, args.records, args.batch_size, args.result, args.seed_loop, args.engine)
         return
 
+    if args.tables_from:
+        saved = json.loads(args.tables_from.read_text(encoding="utf-8"))
+        bounds = with_bounds(saved["bounds"]) if saved["bounds"] else None
+        console = Console(width=200)
+        if bounds:
+            print_bounds(console, bounds)
+        print_rows(console, saved["rows"], bounds)
+        return
+
     from transformers import AutoConfig
 
     from smalltune.models import resolve_model
     from smalltune.runs import RunDir
 
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    console = Console(width=180)
+    console = Console(width=200)
     model_config = AutoConfig.from_pretrained(resolve_model(RunDir.load(args.run_dir).config().model.name))
     bounds = None if args.no_bounds else machine_bounds(model_config)
     if bounds:
@@ -371,15 +393,16 @@ def main() -> None:
 def print_bounds(console: Console, bounds: dict) -> None:
     """The machine's measured rates and the model's bounds."""
     table = Table(title=f"this machine: memory {bounds['bandwidth_gb_s']:.1f} GB/s; the model: "
-                        f"{bounds['parameters'] / 1e6:.0f}M parameters per decode step (bf16 bounds)")
+                        f"{bounds['parameters'] / 1e6:.0f}M parameters per decode step")
     table.add_column("rows")
     for name in bounds["matmul_gflop_s"]:
         table.add_column(f"{name} GFLOP/s", justify="right")
-    table.add_column("decode bound, tokens/s", justify="right")
+    for weights in bounds["decode_bound_tokens_s"]:
+        table.add_column(f"decode bound, tokens/s ({weights} weights)", justify="right")
     for rows in bounds["matmul_gflop_s"]["bf16"]:
-        decode = bounds["decode_bound_tokens_s"].get(rows)
+        decode = [by.get(rows) for by in bounds["decode_bound_tokens_s"].values()]
         table.add_row(rows, *(f"{by[rows]:.0f}" for by in bounds["matmul_gflop_s"].values()),
-                      f"{decode:.1f}" if decode else f"prefill {bounds['prefill_bound_tokens_s']:.0f}")
+                      *(f"{d:.1f}" if d else f"prefill {bounds['prefill_bound_tokens_s']:.0f}" for d in decode))
     console.print(table)
 
 
@@ -395,7 +418,7 @@ def print_rows(console: Console, rows: list[dict], bounds: dict | None) -> None:
             table.add_row(row["name"], row.get("failed", ""), *[""] * (len(columns) - 2))
             continue
         m, seconds = row["metrics"], row["seconds"]
-        weight_bytes = WEIGHT_BYTES[row.get("gguf", "bf16")]
+        weight_bytes = WEIGHT_BYTES[row.get("weights") or row.get("gguf", "bf16")]
         decode = "; ".join(f"{b}: {rate:.1f}" + (f" ({rate / decode_bound(bounds, b, weight_bytes):.0%})" if bounds else "")
                            for b, rate in row.get("decode_tokens_s", {}).items())
         table.add_row(row["name"], row["constraint"], str(row["records"]), f"{row['records'] / seconds:.2f}",
