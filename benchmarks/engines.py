@@ -155,7 +155,8 @@ def smalltune_worker(run_dir: Path, records: int, batch_size: int, result_path: 
     engine = engine if seed_loop else engine.merged()  # the seed loop kept its adapter attached
     chosen = load_splits(engine.config.data, check=engine.task.check).test[:records]
     loaded = time.perf_counter() - started
-    generation = answer_like_the_seed(engine, chosen) if seed_loop else engine.generate(chosen)
+    generation = (answer_like_the_seed(engine, chosen) if seed_loop else one_at_a_time(engine, chosen)
+                  if batch_size == 1 else engine.generate(chosen))
     probed = not seed_loop and (hasattr(engine, "_pipeline") or hasattr(engine, "model"))  # not vLLM's
     decode = {str(b): decode_rate(engine, b) for b in sorted({1, batch_size})} if probed else {}
     model = getattr(engine, "model", None)
@@ -166,6 +167,16 @@ def smalltune_worker(run_dir: Path, records: int, batch_size: int, result_path: 
         "seconds": generation.seconds, "decode_tokens_s": decode,
         "constraint": "none" if seed_loop else "grounded grammar" if engine.constrained else "none",
     }, ensure_ascii=False), encoding="utf-8")
+
+
+def one_at_a_time(engine, records):
+    """Each record answered alone, the next one asked when the last is answered (latency; a continuous-batching
+    engine handed them all would run them together)."""
+    from smalltune.inference.engine import Generation
+
+    parts = [engine.generate([record]) for record in records]
+    return Generation([p.texts[0] for p in parts], sum(p.seconds for p in parts), sum(p.new_tokens for p in parts),
+                      [p.prompt_tokens[0] for p in parts], [p.truncated[0] for p in parts], [p.problems[0] for p in parts])
 
 
 def run_config(run):

@@ -216,7 +216,7 @@ def _softmax(log_probs: list[float]) -> list[float]:
 
 
 def choose_engine(config: TaskConfig) -> tuple[str, str]:
-    """The engine `auto` stands for, and why: OpenVINO GenAI's continuous batching on a CPU (2x the transformers
+    """The engine `auto` stands for, and why: OpenVINO GenAI's continuous batching on a CPU (1.9-2.2x the transformers
     engine's records/s on the complaints, the same answers), unless the machine has a GPU, the task answers by
     scoring candidates (classify with infer.classify: score), OpenVINO GenAI is not installed, or the model's
     architecture cannot be written as GGUF; then the transformers engine."""

@@ -10,8 +10,9 @@ once, nothing is padded to the longest answer), and a prompt opening computed on
 cache. It does not answer by scoring candidates (a classify task needs infer.classify: generate here). It is the
 engine `auto` picks on a CPU where it can answer (`inference.engine.choose_engine`).
 
-On the 2-core development CPU (`benchmarks/engines.py`, 64 held-out complaints, grounded grammars): 1.69
-records/s against the transformers engine's 0.87 at batch 16, the same answer for all 64 records.
+On the 2-core development CPUs (`benchmarks/engines.py`, 64 held-out complaints, grounded grammars): 1.69 records/s
+against the transformers engine's 0.87 at batch 16 on one with bf16 instructions, 0.74 against 0.34 (fp32) on one
+without; the same answer for all 64 records.
 OpenVINO GenAI is imported only when an engine is built: `pip install 'smalltune[openvino]'`.
 """
 
