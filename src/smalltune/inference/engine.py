@@ -240,8 +240,10 @@ def load_engine(run: Path | str | RunDir, name: str | None = None, merge: bool =
     the engine's `from_config`.
     """
     run = RunDir.load(run)
-    name = name or run.config().infer.engine
-    if name == AUTO_ENGINE:
-        name, reason = choose_engine(run.config())
-        log.info("engine: %s (%s)", name, reason)
+    if name is None or name == AUTO_ENGINE:
+        config = run.config()
+        name = name or config.infer.engine
+        if name == AUTO_ENGINE:
+            name, reason = choose_engine(config)
+            log.info("engine: %s (%s)", name, reason)
     return ENGINES.get(name).from_run(run, merge=merge, **options)
