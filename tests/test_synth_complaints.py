@@ -15,7 +15,7 @@ from smalltune.recipes.synth.complaints import (
     write_complaints,
 )
 
-TERMINALS = "。！？!?"  # a question clause holds none of them; a question ends with one
+TERMINALS = "。！？!?…"  # a question clause holds none of them; a question ends with one
 EMAIL_CHARS = re.compile(r"[A-Za-z0-9._%+@-]")
 
 
@@ -71,7 +71,7 @@ def test_values_are_extractive_and_unambiguous(records):
 
 
 def _clauses(question):
-    return [c for c in re.split(r"[，；。！？!?]+", question) if c]
+    return [c for c in re.split(r"[，；。！？!?…]+", question) if c]
 
 
 def _pool_clauses(pool):
@@ -163,6 +163,20 @@ def test_splits_draw_from_their_own_pool(splits):
     assert any(any(i + r["output"]["name"] in r["input"] for i in train_intros) for r in train)
     assert not any(any(i + r["output"]["name"] in r["input"] for i in test_intros) for r in train)
     assert not any(any(i + r["output"]["name"] in r["input"] for i in train_intros) for r in test)
+
+
+def test_a_question_keeps_its_whole_run_of_closing_marks(splits):
+    """The complaint as written ends at its last mark: nothing the generator appends after it starts with a mark
+    (a model cannot tell a complainant's `？？？` from appended noise), and the training questions show runs of
+    marks, so that the test pool's other runs (`。。。`) are a new wording, not a new convention."""
+    for split in splits:
+        for r in split:
+            question, text = r["output"]["question"], r["input"]
+            after = text[text.index(question) + len(question):]
+            assert question[-1] in TERMINALS and not (after and after[0] in TERMINALS), (r["id"], after[:5])
+    train_runs = {r["output"]["question"][-2:] for r in splits[0] if r["output"]["question"][-2] in TERMINALS}
+    assert {"。。", "！！", "？？"} <= train_runs
+    assert any(r["output"]["question"].endswith("。。。") for r in splits[1])
 
 
 def test_noise_appears(splits):

@@ -205,10 +205,11 @@ def test_bf16_training_feeds_lora_layers_bf16_and_learns_as_the_float32_cast_doe
     import smalltune.training.trainer
 
     def train_bf16(where) -> tuple[list[float], set[torch.dtype], object]:
-        config = tiny_config(where, tiny_qwen3_dir, gradient_checkpointing="on", logging_steps=1)
+        # two steps of two examples: bf16 products are slow on CPUs without bf16 instructions
+        config = tiny_config(where, tiny_qwen3_dir, gradient_checkpointing="on", logging_steps=1, batch_size=2)
         config.model.dtype = "bfloat16"
         trainer = build_trainer(config)
-        trainer.args.max_steps = 3
+        trainer.args.max_steps = 2
         lora_a = next(m for n, m in trainer.model.named_modules() if n.endswith("q_proj.lora_A.default"))
         seen = set()
         lora_a.register_forward_pre_hook(lambda module, args: seen.add(args[0].dtype))
