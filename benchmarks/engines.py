@@ -346,6 +346,21 @@ def measure(row: dict, args: argparse.Namespace, scratch: Path) -> dict:
     return {**row, **json.loads(result_path.read_text(encoding="utf-8"))}
 
 
+def measure_rounds(planned: list[dict], args: argparse.Namespace, scratch: Path, console: Console) -> list[dict]:
+    """Every row measured `args.repeats` times, the rounds interleaved (a slow spell of the machine falls on every
+    row alike); each row keeps its fastest round, with the seconds of all of them."""
+    best: list[dict | None] = [None] * len(planned)
+    for round_number in range(1, args.repeats + 1):
+        for i, row in enumerate(planned):
+            console.print(f"[bold]{row['name']}[/] (round {round_number} of {args.repeats}) ...")
+            result = {**row, "failed": row["missing"]} if row.get("missing") else measure(row, args, scratch)
+            rounds = (best[i] or {}).get("rounds_s", []) + ([round(result["seconds"], 2)] if "seconds" in result else [])
+            if best[i] is None or "seconds" not in best[i] or result.get("seconds", float("inf")) < best[i]["seconds"]:
+                best[i] = result
+            best[i]["rounds_s"] = rounds
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="a trained extract run directory (e.g. runs/demo/complaints)")
@@ -361,6 +376,8 @@ def main() -> None:
     parser.add_argument("--no-bounds", action="store_true", help="skip the bounds")
     parser.add_argument("--before", type=Path, help="a row more: the default engine from the smalltune source in this "
                         "folder (e.g. an earlier commit's src/, from `git worktree add`)")
+    parser.add_argument("--repeats", type=int, default=1, help="measure every row this many times, in interleaved "
+                        "rounds, and keep each row's fastest (compare close rows on this VM with 2 or more)")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/engines"))
     parser.add_argument("--json", type=Path, help="also write the bounds and rows here")
     parser.add_argument("--tables-from", type=Path, help="print the tables of a run saved with --json, measuring nothing")
@@ -394,11 +411,8 @@ def main() -> None:
     bounds = None if args.no_bounds else machine_bounds(model_config)
     if bounds:
         print_bounds(console, bounds)
-    rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        for row in systems(args):
-            console.print(f"[bold]{row['name']}[/] ...")
-            rows.append({**row, "failed": row["missing"]} if row.get("missing") else measure(row, args, Path(scratch)))
+        rows = measure_rounds(systems(args), args, Path(scratch), console)
     reference = next((r["texts"] for r in rows if "texts" in r and r["name"].startswith("smalltune")), None)
     for row in rows:
         if "texts" in row:
@@ -440,7 +454,10 @@ def print_rows(console: Console, rows: list[dict], bounds: dict | None) -> None:
         weight_bytes = WEIGHT_BYTES[row.get("weights") or row.get("gguf", "bf16")]  # a peer's: its GGUF type
         decode = "; ".join(f"{b}: {rate:.1f}" + (f" ({rate / decode_bound(bounds, b, weight_bytes):.0%})" if bounds else "")
                            for b, rate in row.get("decode_tokens_s", {}).items())
-        table.add_row(row["name"], row["constraint"], str(row["records"]), f"{row['records'] / seconds:.2f}",
+        rounds = row.get("rounds_s", [])
+        each = ", ".join(f"{row['records'] / s:.2f}" for s in rounds)
+        rate = f"{row['records'] / seconds:.2f}" + (f" (rounds: {each})" if len(rounds) > 1 else "")
+        table.add_row(row["name"], row["constraint"], str(row["records"]), rate,
                       f"{row.get('prompt_tokens', 0) / seconds:.0f}" if row.get("prompt_tokens") else "",
                       f"{row['new_tokens'] / seconds:.1f}", decode, f"{m['json_valid']:.3f}", f"{m['field_exact']:.3f}",
                       f"{m['record_exact']:.3f}", f"{m.get('agreement', 0):.3f}", f"{row['peak_rss_gib']:.2f}",
