@@ -116,6 +116,35 @@ def test_bootstrap_interval_brackets_the_score_and_narrows_with_agreement():
     assert bootstrap_intervals(t, [Parsed(r.output) for r in golds], golds, rounds=300)["accuracy"] == (1.0, 1.0)
 
 
+def test_extract_intervals_from_per_record_counts_equal_scoring_every_resample_whole():
+    """The bootstrap counts each answer once (`record_facts`) and sums the counts of each resample: the same
+    intervals as scoring every resample from its answers, for every kind of field."""
+    import random
+
+    from smalltune.evaluation.evaluate import bootstrap_intervals
+
+    t = task("extract", fields={"name": "姓名", "tags": {"type": "list"}, "level": {"type": "choice", "choices": ["低", "高"]},
+                                "note": {"optional": True}})
+    rng, records, answers = random.Random(3), [], []
+    for i in range(30):
+        gold = {"name": rng.choice("张李王"), "tags": rng.sample("abc", rng.randint(0, 2)), "level": rng.choice(["低", "高"]),
+                "note": rng.choice([None, "备注"])}
+        records.append(Record(id=str(i), where=f"f:{i}", input=f"{gold['name']} abc 低高 备注", output=gold))
+        answer = {k: v if rng.random() < 0.7 else {"name": "赵", "tags": ["a", "z"], "level": "低", "note": "备注"}[k]
+                  for k, v in gold.items()}
+        answers.append("garbage" if i % 9 == 0 else json.dumps(answer, ensure_ascii=False))
+    parsed = t.parse_all(answers, records)
+
+    pick_rng, samples = random.Random(0), {}
+    for _ in range(50):
+        pick = [pick_rng.randrange(len(records)) for _ in records]
+        for metric, value in t.score([parsed[i] for i in pick], [records[i] for i in pick]).items():
+            samples.setdefault(metric, []).append(value)
+    whole = {metric: (sorted(v)[1], sorted(v)[48]) for metric, v in samples.items()}
+    assert bootstrap_intervals(t, parsed, records, rounds=50) == whole
+    assert {"macro_f1.level", "list_f1.tags", "null_correct.note", "hallucinated"} <= set(whole)
+
+
 # ---- typed extraction fields ---------------------------------------------------------------------
 
 TYPED = {"name": "姓名", "email": {"description": "邮箱", "optional": True}, "companies": {"type": "list"},

@@ -155,6 +155,15 @@ class TaskKind:
         """The kind's metrics over many answers (the headline among them)."""
         raise NotImplementedError
 
+    def record_facts(self, parsed: Parsed, record: Record) -> Any:
+        """What `aggregate` needs of one answer: a kind whose metrics are counts over answers does its per-answer
+        work here, once however often a bootstrap resamples the answer (default: the answer and its record)."""
+        return parsed, record
+
+    def aggregate(self, facts: list[Any]) -> dict[str, float]:
+        """The metrics of the answers whose `record_facts` these are: `score` over them unless a kind counts."""
+        return self.score([parsed for parsed, _ in facts], [record for _, record in facts])
+
     def details(self, parsed: list[Parsed], records: list[Record]) -> dict[str, Any]:
         """What the report shows beyond the metrics (per label, per field, lengths, parse errors)."""
         raise NotImplementedError

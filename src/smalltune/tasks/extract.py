@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,24 @@ from smalltune.tasks.grammar import extract_grammar
 from smalltune.tasks.lines import Line, input_lines, line_ranges, ranges_problem, ranges_text, seen_text
 from smalltune.tasks.metrics import char_f1, label_counts, set_scores
 from smalltune.tasks.text import normalise
+
+
+@dataclass(frozen=True)
+class AnswerFacts:
+    """What `ExtractTask.score` counts of one answer, computed once however often a bootstrap resamples it: readable,
+    exactly the declared fields, per field exact or not, extractive values given and made up, character F1 per
+    string field, (found, wrong, missed) items per list field, (answered null, answered a value) per optional field
+    whose reference is null, (answer, reference) per choice field."""
+
+    readable: bool
+    schema_ok: bool
+    hits: dict[str, bool]
+    copied: int
+    made_up: int
+    f1: dict[str, float]
+    items: dict[str, tuple[int, int, int]]
+    nulls: dict[str, tuple[bool, bool]]
+    choices: dict[str, tuple[Any, Any]]
 
 
 class ExtractTask(TaskKind):
@@ -163,52 +182,62 @@ fields:                          # extract: field name -> description (extractiv
         over all list fields and per field (`list_f1.<f>` ...); optional fields: `null_correct` (reference null,
         answered null) and `null_invented` (reference null, answered a value), overall and per field; choice
         fields: `macro_f1.<f>` (their accuracy is `field_exact.<f>`)."""
-        n, fields = max(len(records), 1), list(self._specs)
-        golds = [self._gold(record) for record in records]
-        answers = [result if result.ok else None for result in parsed]
-        hits = [self._hits(result, gold) for result, gold in zip(answers, golds, strict=True) if result]
-        given = sum(len(self._copied(result)) for result in answers if result)
-        made_up = sum(len(self._made_up(result, record)) for result, record in zip(answers, records) if result)
-        f1 = self._string_f1(answers, golds)
+        return self.aggregate([self.record_facts(result, record) for result, record in zip(parsed, records, strict=True)])
+
+    def record_facts(self, parsed: Parsed, record: Record) -> AnswerFacts:
+        """One answer's counts behind `score`; an unreadable answer holds each field's absent value."""
+        gold, result = self._gold(record), parsed if parsed.ok else None
+        values = {f: self._predicted(result, f) if result else typed.absent(spec) for f, spec in self._specs.items()}
+        lists = {f: (typed.item_set(values[f]), typed.item_set(gold[f]))
+                 for f, spec in self._specs.items() if spec.type == "list"}
+        return AnswerFacts(
+            readable=result is not None,
+            schema_ok=result is not None and set(result.value) == set(self._specs),
+            hits=self._hits(result, gold) if result else {},
+            copied=len(self._copied(result)) if result else 0,
+            made_up=len(self._made_up(result, record)) if result else 0,
+            f1={f: char_f1(values[f] or "", gold[f] or "") if result else 0.0
+                for f, spec in self._specs.items() if spec.type in ("string", "lines")},
+            items={f: (len(found & wanted), len(found - wanted), len(wanted - found)) for f, (found, wanted) in lists.items()},
+            nulls={f: (result is not None and values[f] is None, values[f] is not None)
+                   for f, spec in self._specs.items() if spec.optional and gold[f] is None},
+            choices={f: (values[f], gold[f]) for f, spec in self._specs.items() if spec.type == "choice"},
+        )
+
+    def aggregate(self, facts: list[AnswerFacts]) -> dict[str, float]:
+        """`score`'s metrics from the answers' `record_facts`."""
+        n, fields = max(len(facts), 1), list(self._specs)
+        hits = [f.hits for f in facts if f.readable]
+        given = sum(f.copied for f in facts)
+        f1 = {field: sum(f.f1[field] for f in facts) / n
+              for field, spec in self._specs.items() if spec.type in ("string", "lines")}
         metrics = {"json_valid": len(hits) / n,
-                   "schema_ok": sum(set(result.value) == set(fields) for result in answers if result) / n,
+                   "schema_ok": sum(f.schema_ok for f in facts) / n,
                    "record_exact": sum(all(h.values()) for h in hits) / n,
                    "field_exact": sum(sum(h.values()) for h in hits) / (n * len(fields)),
                    **({"field_f1": sum(f1.values()) / len(f1)} if f1 else {}),
-                   "hallucinated": made_up / given if given else 0.0}
+                   "hallucinated": sum(f.made_up for f in facts) / given if given else 0.0}
         metrics.update({f"field_exact.{f}": sum(h[f] for h in hits) / n for f in fields})
         metrics.update({f"field_f1.{f}": value for f, value in f1.items()})
         for scores in (self._list_scores, self._null_scores, self._choice_scores):
-            metrics.update(scores(answers, golds))
+            metrics.update(scores(facts))
         return metrics
 
-    def _values(self, answers: list[Parsed | None], field: str) -> list[Any]:
-        """Each answer's value for a field; the field's absent value for an unreadable answer (None)."""
-        absent = typed.absent(self._specs[field])
-        return [self._predicted(result, field) if result else absent for result in answers]
-
-    def _string_f1(self, answers: list[Parsed | None], golds: list[dict[str, Any]]) -> dict[str, float]:
-        """Per string or lines field: the mean character F1 of its values (an unreadable answer scores 0)."""
-        n = max(len(golds), 1)
-        return {f: sum(char_f1(value or "", gold[f] or "") for value, gold, result
-                       in zip(self._values(answers, f), golds, answers) if result) / n
-                for f, spec in self._specs.items() if spec.type in ("string", "lines")}
-
-    def _list_scores(self, answers: list[Parsed | None], golds: list[dict[str, Any]]) -> dict[str, float]:
+    def _list_scores(self, facts: list[AnswerFacts]) -> dict[str, float]:
         """Set precision, recall and F1 of the list fields' items (after `normalise`), per field and micro-averaged
         over all of them; an unreadable answer finds no items."""
         lists = [f for f, spec in self._specs.items() if spec.type == "list"]
         totals, metrics = Counter(), {}
         for field in lists:
             counts = Counter()
-            for value, gold in zip(self._values(answers, field), golds):
-                found, wanted = typed.item_set(value), typed.item_set(gold[field])
-                counts.update(tp=len(found & wanted), fp=len(found - wanted), fn=len(wanted - found))
+            for f in facts:
+                tp, fp, fn = f.items[field]
+                counts.update(tp=tp, fp=fp, fn=fn)
             totals.update(counts)
             metrics.update({f"{name}.{field}": value for name, value in set_scores(**counts).items()})
         return {**set_scores(**totals), **metrics} if lists else {}
 
-    def _null_scores(self, answers: list[Parsed | None], golds: list[dict[str, Any]]) -> dict[str, float]:
+    def _null_scores(self, facts: list[AnswerFacts]) -> dict[str, float]:
         """Of the records whose reference is null in an optional field: the share answered null (`null_correct`)
         and the share answered a value (`null_invented`); per field and over all optional fields (1 and 0 when no
         reference is null). An unreadable answer is neither."""
@@ -216,19 +245,20 @@ fields:                          # extract: field name -> description (extractiv
         totals, metrics = Counter(), {}
         for field in optional:
             counts = Counter()
-            for result, value, gold in zip(answers, self._values(answers, field), golds):
-                if gold[field] is None:
-                    counts.update(nulls=1, correct=bool(result) and value is None, invented=value is not None)
+            for f in facts:
+                if field in f.nulls:
+                    correct, invented = f.nulls[field]
+                    counts.update(nulls=1, correct=correct, invented=invented)
             totals.update(counts)
             metrics.update(_null_shares(counts, f".{field}"))
         return {**_null_shares(totals, ""), **metrics} if optional else {}
 
-    def _choice_scores(self, answers: list[Parsed | None], golds: list[dict[str, Any]]) -> dict[str, float]:
+    def _choice_scores(self, facts: list[AnswerFacts]) -> dict[str, float]:
         """Macro-F1 over its choices per choice field (its accuracy is `field_exact.<field>`)."""
         metrics = {}
         for field, spec in self._specs.items():
             if spec.type == "choice":
-                values, wanted = self._values(answers, field), [gold[field] for gold in golds]
+                values, wanted = [f.choices[field][0] for f in facts], [f.choices[field][1] for f in facts]
                 f1s = [label_counts(values, wanted, choice)["f1"] for choice in spec.choices or ()]
                 metrics[f"macro_f1.{field}"] = sum(f1s) / len(f1s)
         return metrics
