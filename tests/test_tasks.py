@@ -134,15 +134,30 @@ def test_extract_intervals_from_per_record_counts_equal_scoring_every_resample_w
                   for k, v in gold.items()}
         answers.append("garbage" if i % 9 == 0 else json.dumps(answer, ensure_ascii=False))
     parsed = t.parse_all(answers, records)
-
-    pick_rng, samples = random.Random(0), {}
-    for _ in range(50):
-        pick = [pick_rng.randrange(len(records)) for _ in records]
-        for metric, value in t.score([parsed[i] for i in pick], [records[i] for i in pick]).items():
-            samples.setdefault(metric, []).append(value)
-    whole = {metric: (sorted(v)[1], sorted(v)[48]) for metric, v in samples.items()}
+    whole = intervals_scoring_every_resample(t, parsed, records)
     assert bootstrap_intervals(t, parsed, records, rounds=50) == whole
     assert {"macro_f1.level", "list_f1.tags", "null_correct.note", "hallucinated"} <= set(whole)
+
+
+def test_chat_intervals_from_per_reply_scores_equal_scoring_every_resample_whole():
+    from smalltune.evaluation.evaluate import bootstrap_intervals
+
+    t = task("chat")
+    records = [Record(id=str(i), where=f"f:{i}", input="问", output="本宫知道了，退下吧"[i % 5:]) for i in range(20)]
+    parsed = [Parsed("本宫不知道"[: i % 6]) for i in range(20)]
+    assert bootstrap_intervals(t, parsed, records, rounds=50) == intervals_scoring_every_resample(t, parsed, records)
+
+
+def intervals_scoring_every_resample(t, parsed, records, rounds: int = 50) -> dict:
+    """The bootstrap as `score` alone gives it: every resample scored from its answers (rng seed 0, 2.5-97.5%)."""
+    import random
+
+    rng, samples = random.Random(0), {}
+    for _ in range(rounds):
+        pick = [rng.randrange(len(records)) for _ in records]
+        for metric, value in t.score([parsed[i] for i in pick], [records[i] for i in pick]).items():
+            samples.setdefault(metric, []).append(value)
+    return {metric: (sorted(v)[int(0.025 * rounds)], sorted(v)[int(0.975 * rounds)]) for metric, v in samples.items()}
 
 
 # ---- typed extraction fields ---------------------------------------------------------------------

@@ -27,12 +27,18 @@ class ChatTask(TaskKind):
 
     def score(self, parsed: list[Parsed], records: list[Record]) -> dict[str, float]:
         """Character F1 and character ROUGE-L against the reference reply, and the mean reply length."""
-        n = max(len(records), 1)
-        return {
-            "char_f1": sum(char_f1(p.value or "", str(r.output)) for p, r in zip(parsed, records)) / n,
-            "rouge_l": sum(rouge_l(p.value or "", str(r.output)) for p, r in zip(parsed, records)) / n,
-            "reply_chars": sum(len(p.value or "") for p in parsed) / n,
-        }
+        return self.aggregate([self.record_facts(p, r) for p, r in zip(parsed, records, strict=True)])
+
+    def record_facts(self, parsed: Parsed, record: Record) -> dict[str, float]:
+        """One reply's character F1, character ROUGE-L and length (ROUGE-L's quadratic work done once per reply)."""
+        reply = parsed.value or ""
+        return {"char_f1": char_f1(reply, str(record.output)), "rouge_l": rouge_l(reply, str(record.output)),
+                "reply_chars": len(reply)}
+
+    def aggregate(self, facts: list[dict[str, float]]) -> dict[str, float]:
+        """The means of the replies' `record_facts`."""
+        n = max(len(facts), 1)
+        return {metric: sum(f[metric] for f in facts) / n for metric in ("char_f1", "rouge_l", "reply_chars")}
 
     def details(self, parsed: list[Parsed], records: list[Record]) -> dict[str, Any]:
         """Length statistics (characters) of the replies and of the reference replies."""
