@@ -348,17 +348,23 @@ def measure(row: dict, args: argparse.Namespace, scratch: Path) -> dict:
 
 def measure_rounds(planned: list[dict], args: argparse.Namespace, scratch: Path, console: Console) -> list[dict]:
     """Every row measured `args.repeats` times, the rounds interleaved (a slow spell of the machine falls on every
-    row alike); each row keeps its fastest round, with the seconds of all of them."""
-    best: list[dict | None] = [None] * len(planned)
+    row alike); each row keeps its fastest round (`fastest`)."""
+    results: list[list[dict]] = [[] for _ in planned]
     for round_number in range(1, args.repeats + 1):
-        for i, row in enumerate(planned):
+        for row, measured in zip(planned, results):
             console.print(f"[bold]{row['name']}[/] (round {round_number} of {args.repeats}) ...")
-            result = {**row, "failed": row["missing"]} if row.get("missing") else measure(row, args, scratch)
-            rounds = (best[i] or {}).get("rounds_s", []) + ([round(result["seconds"], 2)] if "seconds" in result else [])
-            if best[i] is None or "seconds" not in best[i] or result.get("seconds", float("inf")) < best[i]["seconds"]:
-                best[i] = result
-            best[i]["rounds_s"] = rounds
-    return best
+            measured.append({**row, "failed": row["missing"]} if row.get("missing") else measure(row, args, scratch))
+    return [fastest(measured) for measured in results]
+
+
+def fastest(measured: list[dict]) -> dict:
+    """The round of a row that took the least time, with the seconds of every round that finished (`rounds_s`);
+    the first round when none finished."""
+    finished = [result for result in measured if "seconds" in result]
+    if not finished:
+        return measured[0]
+    return {**min(finished, key=lambda result: result["seconds"]),
+            "rounds_s": [round(result["seconds"], 2) for result in finished]}
 
 
 def main() -> None:
