@@ -168,7 +168,8 @@ def test_splits_draw_from_their_own_pool(splits):
 def test_a_question_keeps_its_whole_run_of_closing_marks(splits):
     """The complaint as written ends at its last mark: nothing the generator appends after it starts with a mark
     (a model cannot tell a complainant's `？？？` from appended noise), and the training questions show runs of
-    marks, so that the test pool's other runs (`。。。`) are a new wording, not a new convention."""
+    marks, so that the test pool's other runs (`。。。`) are a new wording, not a new convention; the tokenizer's one
+    `。。。` token is copied inside training questions, so a model has seen it in an answer."""
     for split in splits:
         for r in split:
             question, text = r["output"]["question"], r["input"]
@@ -176,6 +177,7 @@ def test_a_question_keeps_its_whole_run_of_closing_marks(splits):
             assert question[-1] in TERMINALS and not (after and after[0] in TERMINALS), (r["id"], after[:5])
     train_runs = {r["output"]["question"][-2:] for r in splits[0] if r["output"]["question"][-2] in TERMINALS}
     assert {"。。", "！！", "？？"} <= train_runs
+    assert any("。。。" in r["output"]["question"][:-3] for r in splits[0])
     assert any(r["output"]["question"].endswith("。。。") for r in splits[1])
 
 

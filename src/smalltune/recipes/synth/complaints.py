@@ -41,7 +41,7 @@ class Pool(NamedTuple):
     Skeleton slots: G greeting, N/A/E introduced name/address/email, Q the question (its own final mark
     included, after an optional label such as 投诉内容：), X mid-text noise sentence, C closing, s a separator
     drawn once per record. A question is one to three clauses of one topic, maybe a feeling clause after them,
-    joined by one of `joins` and closed by one of `enders`.
+    joined by one of `joins` and closed by one of `enders`; a question of two sentences breaks at one of `breaks`.
     """
 
     skeletons: tuple[str, ...]
@@ -58,6 +58,7 @@ class Pool(NamedTuple):
     noise_tail: tuple[str, ...]
     separators: tuple[str, ...] = ("，",)
     joins: tuple[str, ...] = ("，",)
+    breaks: tuple[str, ...] = ("。", "！")
 
     @property
     def templates(self) -> tuple[str, ...]:
@@ -137,6 +138,8 @@ TRAIN_POOL = Pool(
               "真是太让人失望了", "希望你们认真对待"),
     # a complaint's own run of marks is part of it: runs here, other runs in the test pool
     enders=("。", "。", "。", "。", "！", "！", "！", "？", "？", "！！", "。。", "？？", "……"),
+    # an ellipsis inside a question: the tokenizer's one `。。。` token is then copied in training answers too
+    breaks=("。", "！", "。。。"),
     noise_mid=("联系电话{phone}。", "工单号：GD{num}。", "{y}年{m}月{d}日已经打过客服热线。",
                "麻烦您了。", "订单号{num}。", "备用手机{phone}。", "附件：现场照片3张。"),
     noise_tail=("——来自掌上营业厅客户端", "[自动回复]", "以上。", "（短信转写）",
@@ -254,7 +257,7 @@ def _question(pool: Pool, rng: random.Random) -> str:
     join = rng.choice(pool.joins)
     if len(clauses) > 1 and rng.random() < 0.3:
         cut = rng.randint(1, len(clauses) - 1)
-        return join.join(clauses[:cut]) + rng.choice("。！") + join.join(clauses[cut:]) + rng.choice(pool.enders)
+        return join.join(clauses[:cut]) + rng.choice(pool.breaks) + join.join(clauses[cut:]) + rng.choice(pool.enders)
     return join.join(clauses) + rng.choice(pool.enders)
 
 
