@@ -11,13 +11,15 @@ from safetensors.torch import load_file
 from smalltune.config import TaskConfig
 from smalltune.data.records import Record
 from smalltune.errors import ConfigError
-from smalltune.evaluation.evaluate import TUNED, UNTUNED, few_shot_name, run_baseline, score_answers
-from smalltune.recipes.synth.complaints import FIELDS
+from smalltune.evaluation.evaluate import (TUNED, UNTUNED, EvalSet, evaluate_run, evaluate_sets, few_shot_name, run_baseline,
+                                           score_answers)
+from smalltune.recipes.synth.complaints import FIELDS, generate_complaints
 from smalltune.tasks import Parsed, build_task
 from smalltune.tasks.classify import NO_LABEL
 from smalltune.tasks.metrics import rouge_l
 from smalltune.runs import RunDir
 from smalltune.training.callbacks import tracker_callbacks
+from conftest import write_jsonl
 
 SYSTEMS = ["complaint-rules", UNTUNED, few_shot_name(2), TUNED]
 
@@ -123,6 +125,23 @@ def test_eval_scores_every_system_on_the_same_records(evaluated_tiny_run):
     for i, row in enumerate(predictions):
         assert list(row["answers"]) == SYSTEMS and list(row["scores"]) == SYSTEMS
         assert row["answers"][TUNED] == results[TUNED].answers[i]
+
+
+def test_test_sets_scored_with_one_model_load_answer_as_each_set_alone(evaluated_tiny_run, tmp_path):
+    """The demo scores the held-out and the hand-written records with the models loaded once: each set gets the
+    answers and metrics it gets alone (the untuned model only where asked), in its own results folder."""
+    run_dir, _ = evaluated_tiny_run
+    _, rows = generate_complaints(n_train=1, n_test=4, seed=5)
+    first, second = write_jsonl(tmp_path / "first.jsonl", rows[:2]), write_jsonl(tmp_path / "second.jsonl", rows[2:])
+    together = evaluate_sets(run_dir, [EvalSet(first, untuned=False), EvalSet(second)])
+    alone = [evaluate_run(run_dir, test_file=first, untuned=False), evaluate_run(run_dir, test_file=second)]
+    assert [list(results) for results in together] == [["complaint-rules", TUNED], SYSTEMS]
+    for results, expected in zip(together, alone, strict=True):
+        assert list(results) == list(expected)
+        for name, result in results.items():
+            assert (result.answers, result.metrics) == (expected[name].answers, expected[name].metrics), name
+    saved = json.loads((RunDir.at(run_dir).evaluation(second).path / "metrics.json").read_text(encoding="utf-8"))
+    assert list(saved["systems"]) == SYSTEMS and saved["test_records"] == 2
 
 
 def test_few_shot_prompts_get_room_for_the_examples(evaluated_tiny_run):

@@ -116,6 +116,15 @@ def bootstrap_intervals(
     return {metric: (v[lo], v[hi]) for metric, v in ordered.items()}
 
 
+@dataclass(frozen=True)
+class EvalSet:
+    """Records to score a run on: a test file read like the task's test file (None: the task's own test
+    records), and whether the untuned model is measured on them too."""
+
+    test_file: Path | None = None
+    untuned: bool = True
+
+
 def evaluate_run(
     run_dir: Path | RunDir, limit: int | None = None, on_batch: OnBatch | None = None, engine: str | None = None,
     test_file: Path | None = None, untuned: bool = True, **engine_options: Any,
@@ -129,29 +138,48 @@ def evaluate_run(
     training records; their prompt may grow by one training example's length (model.max_length) per shot, so the
     test record is not cut to make room.
     """
+    return evaluate_sets(run_dir, [EvalSet(test_file, untuned)], limit, on_batch, engine, **engine_options)[0]
+
+
+def evaluate_sets(
+    run_dir: Path | RunDir, sets: Sequence[EvalSet], limit: int | None = None, on_batch: OnBatch | None = None,
+    engine: str | None = None, **engine_options: Any,
+) -> list[dict[str, SystemResult]]:
+    """`evaluate_run` on each set in turn, the models loaded once for all of them: every set's untuned passes,
+    then the adapter merged in once, then every set's fine-tuned pass. Returns each set's results, in order."""
     run = RunDir.load(run_dir)
     config = run.config()
     task = build_task(config)
-    data = config.data if test_file is None else config.data.model_copy(update={"test": Path(test_file)})
-    splits = load_splits(data, check=task.check)
-    records = splits.test[:limit]
-    results = {name: run_baseline(name, config, splits.train, records) for name in config.eval.baselines}
+    chosen = [_set_records(config, task, s, limit) for s in sets]
+    results = [{name: run_baseline(name, config, train, records) for name in config.eval.baselines}
+               for train, records in chosen]
     model = load_engine(run, engine, merge=False, **engine_options)
-    shots = splits.train[: config.eval.few_shot] if untuned else []
+    shots = [train[: config.eval.few_shot] if s.untuned else [] for s, (train, _) in zip(sets, chosen)]
+    untuned = [(records, its_shots, its_results) for s, (_, records), its_shots, its_results
+               in zip(sets, chosen, shots, results) if s.untuned]
     if untuned:
         with model.untuned():
-            results[UNTUNED] = run_system(model, UNTUNED, records, on_batch)
-            if shots:
-                name = few_shot_name(len(shots))
-                results[name] = run_system(model, name, records, on_batch, shots,
-                                           config.model.max_length * (len(shots) + 1))
+            for records, its_shots, its_results in untuned:
+                its_results[UNTUNED] = run_system(model, UNTUNED, records, on_batch)
+                if its_shots:
+                    name = few_shot_name(len(its_shots))
+                    its_results[name] = run_system(model, name, records, on_batch, its_shots,
+                                                   config.model.max_length * (len(its_shots) + 1))
     if config.infer.merge_adapter:  # answer as predict and serve will: the adapter folded in (the untuned passes are done)
         model = model.merged()
-    results[TUNED] = run_system(model, TUNED, records, on_batch)
-    results_dir = run if test_file is None else run.evaluation(Path(test_file))
-    save_results(results_dir, config, task, records, results, shots)
-    write_report(results_dir)
+    for s, (_, records), its_shots, its_results in zip(sets, chosen, shots, results):
+        its_results[TUNED] = run_system(model, TUNED, records, on_batch)
+        results_dir = run if s.test_file is None else run.evaluation(Path(s.test_file))
+        save_results(results_dir, config, task, records, its_results, its_shots)
+        write_report(results_dir)
     return results
+
+
+def _set_records(config: TaskConfig, task: TaskKind, chosen: EvalSet, limit: int | None) -> tuple[list[Record], list[Record]]:
+    """The training records and the (first `limit`) records to score of one evaluation set."""
+    data = config.data if chosen.test_file is None else config.data.model_copy(update={"test": Path(chosen.test_file)})
+    splits = load_splits(data, check=task.check)
+    return splits.train, splits.test[:limit]
 
 
 def save_results(

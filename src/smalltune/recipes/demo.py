@@ -23,7 +23,7 @@ import yaml
 
 from smalltune.config import TaskConfig, load_config
 from smalltune.errors import ConfigError
-from smalltune.evaluation.evaluate import SystemResult, evaluate_run
+from smalltune.evaluation.evaluate import EvalSet, SystemResult, evaluate_sets
 from smalltune.io import atomic_write_json, atomic_write_text, read_jsonl
 from smalltune.recipes.synth.cluener import write_entities
 from smalltune.recipes.synth.complaints import write_complaints
@@ -265,14 +265,13 @@ def run_demo(
         seeded = config if seeds == 1 else seed_config(config, seed, work_dir)
         log(f"fine-tuning {seeded.model.name} with LoRA (seed {seed}): run directory {seeded.run_dir}")
         run_dir = train(seeded)
-        log("measuring " + ("the untuned and " if i == 0 else "") + "the fine-tuned model on the held-out records")
-        held_out = evaluate_run(run_dir, on_batch=on_batch, untuned=i == 0)
-        others = {}
-        for other in get_recipe(recipe).other_tests:
-            log(f"measuring on the {other.title}")
-            others[other.title] = evaluate_run(run_dir, on_batch=on_batch, test_file=Path(work_dir) / "data" / other.file,
-                                               untuned=other.untuned and i == 0)
-        runs.append(SeedResults(seed, run_dir, held_out, others))
+        other_tests = get_recipe(recipe).other_tests
+        log("measuring " + ("the untuned and " if i == 0 else "") + "the fine-tuned model on the held-out records"
+            + "".join(f", the {other.title}" for other in other_tests))
+        sets = [EvalSet(untuned=i == 0)] + [EvalSet(Path(work_dir) / "data" / other.file, other.untuned and i == 0)
+                                             for other in other_tests]
+        held_out, *others = evaluate_sets(run_dir, sets, on_batch=on_batch)
+        runs.append(SeedResults(seed, run_dir, held_out, {other.title: r for other, r in zip(other_tests, others)}))
     results = DemoResults(runs)
     if seeds > 1:
         save_spread(Path(work_dir) / "seeds.json", results)
