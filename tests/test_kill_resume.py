@@ -19,7 +19,6 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import torch
 from conftest import make_run_dir, write_jsonl
 from safetensors.torch import load_file

@@ -8,7 +8,6 @@ after one pass over their prompts, whose KV cache every candidate of the prompt 
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,9 @@ from xgrammar import CompiledGrammar
 
 from smalltune.config import TaskConfig
 from smalltune.data.records import Record
-from smalltune.errors import ModelError
 from smalltune.inference.constrain import Grammars, logits_processor
 from smalltune.inference.engine import Engine, OnBatch, split_by
+from smalltune.inference.scoring import choice_log_probs
 from smalltune.models import choose_dtype, load_model
 
 SCORED_TOKENS = 512  # candidate tokens a scoring batch holds: their logits rows (x the vocabulary) and cache copies bound its memory
@@ -124,78 +123,9 @@ class TransformersEngine(Engine):
 
     @torch.inference_mode()
     def _score_batch(self, prompts: list[list[int]], candidates: list[list[list[int]]]) -> list[list[float]]:
-        """Summed log-probabilities of each prompt's candidates, from three passes that extend one KV cache.
-
-        1. The prompts' common prefix (the template, the instruction, often the label list), once.
-        2. Each prompt's rest, right-padded: the logits at its last token give every candidate's first token.
-        3. One row per candidate, from a copy of its prompt's cache: the candidate's tokens but the last, whose
-           logits give the candidate's other tokens.
-        The LM head runs only where a candidate token is predicted. Padding sits between a row's tokens and the
-        next pass's (masked out), so positions are given explicitly.
-        """
-        device = self.model.device
-        shared = _common_prefix_length(prompts)
-        cache = None
-        if shared:
-            head = torch.tensor([prompts[0][:shared]], device=device)
-            cache = self._forward(head, torch.ones_like(head), torch.arange(shared, device=device)[None], None, 1).past_key_values
-            cache.batch_select_indices(torch.zeros(len(prompts), dtype=torch.long, device=device))
-        rest_ids, rest_mask = self._right_padded([ids[shared:] for ids in prompts])
-        seen = torch.cat([torch.ones(len(prompts), shared, dtype=torch.long, device=device), rest_mask], -1)
-        ends = shared + rest_mask.sum(-1)  # each prompt's length: the position of its candidates' first tokens
-        last = torch.zeros_like(rest_mask, dtype=torch.bool)
-        last[torch.arange(len(prompts), device=device), rest_mask.sum(-1) - 1] = True
-        out = self._forward(rest_ids, seen, shared + torch.arange(rest_ids.shape[1], device=device)[None], cache, last)
-        owner = torch.tensor([i for i, choices in enumerate(candidates) for _ in choices], device=device)
-        flat = [ids for choices in candidates for ids in choices]
-        first = torch.tensor([ids[0] for ids in flat], device=device)
-        sums = out.logits.log_softmax(-1, dtype=torch.float32)[owner, first]
-        if any(len(ids) > 1 for ids in flat):
-            out.past_key_values.batch_select_indices(owner)
-            row_ids, row_mask = self._right_padded([ids[:-1] for ids in flat])
-            positions = ends[owner, None] + torch.arange(row_ids.shape[1], device=device)
-            keep = row_mask.bool()
-            logits = self._forward(row_ids, torch.cat([seen[owner], row_mask], -1), positions, out.past_key_values, keep).logits
-            targets = torch.tensor([token for ids in flat for token in ids[1:]], device=device)
-            token_scores = logits.log_softmax(-1, dtype=torch.float32).gather(-1, targets[:, None]).squeeze(-1)
-            row_of_token = torch.repeat_interleave(torch.arange(len(flat), device=device), keep.sum(-1))
-            sums = sums.index_add(0, row_of_token, token_scores)
+        """Summed log-probabilities of each prompt's candidates (`choice_log_probs`)."""
+        sums = choice_log_probs(self.model, prompts, candidates, self.tokenizer.pad_token_id)
         return split_by(sums.tolist(), [len(choices) for choices in candidates])
-
-    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
-                 cache: Any, keep: int | torch.Tensor) -> Any:
-        """One forward pass continuing `cache` (None: a new one); its output's logits only where `keep` says: the
-        last `keep` positions, or a (rows, length) mask (one logits row per kept position, in order)."""
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
-                         logits_to_keep=keep, **({cache_argument(self.model): cache} if cache is not None else {}))
-        if isinstance(keep, torch.Tensor) and (out.logits.dim() != 2 or out.logits.shape[0] != int(keep.sum())):
-            raise ModelError(f"{type(self.model).__name__} does not return logits for selected positions only; "
-                             "set infer.classify: generate")
-        return out
-
-    def _right_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token rows padded on the right to one width, and their attention mask."""
-        width, pad = max(len(row) for row in rows), self.tokenizer.pad_token_id
-        ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows], device=self.model.device)
-        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=self.model.device)
-        return ids, mask
-
-
-def cache_argument(model: PreTrainedModel) -> str:
-    """The name under which the model's forward takes a KV cache: `cache` in recent transformers (which deprecate
-    `past_key_values`, the name up to 5.2x)."""
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
-def _common_prefix_length(prompts: list[list[int]]) -> int:
-    """How many leading tokens all prompts share, leaving each at least its last token."""
-    shared = 0
-    for column in zip(*prompts):
-        if any(token != column[0] for token in column):
-            break
-        shared += 1
-    return min(shared, min(len(ids) for ids in prompts) - 1)
 
 
 def _scoring_batches(order: list[int], candidates: Sequence[list[list[int]]], size: int) -> Iterator[list[int]]:

@@ -11,7 +11,7 @@ from trl import SFTTrainer
 
 from smalltune.config import TaskConfig
 from smalltune.errors import ModelError
-from smalltune.inference.transformers_engine import cache_argument
+from smalltune.inference.scoring import cache_argument
 
 
 def uncast_lora_inputs(config: TaskConfig, dtype: torch.dtype) -> bool:
