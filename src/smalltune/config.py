@@ -241,6 +241,13 @@ class TrainSettings(_Strict):
         "gradients. auto: on without LoRA dropout (with dropout the rows would share the opening's dropout mask); "
         "never with gradient checkpointing or more than one process",
     )
+    loss: Literal["answer", "choices"] = Field(
+        "answer",
+        description="answer: cross-entropy of the answer's tokens and its end-of-turn token. choices (classify): "
+        "cross-entropy of the gold label among the record's candidates, each scored as infer.classify: score "
+        "scores it (its tokens' summed log-probability after the prompt), so training optimises the scores the "
+        "answers are chosen by; one process, no gradient checkpointing",
+    )
     liger_kernel: Literal["auto", "on", "off"] = Field(
         "auto", description="Liger's fused Triton kernels (RMSNorm, SwiGLU, RoPE); auto: on with CUDA and liger-kernel installed."
     )
@@ -381,6 +388,9 @@ class TaskConfig(_Strict):
         problem = KINDS.get(self.kind).config_problem(self)
         if problem:
             raise ValueError(problem)
+        if self.train.loss == "choices" and not KINDS.get(self.kind).takes_candidates:
+            raise ValueError(f"train.loss: choices needs a kind that answers among candidates (classify), not "
+                             f"{self.kind!r}; use train.loss: answer")
         return self
 
     @property

@@ -204,6 +204,7 @@ class Example:
     input_ids: list[int]
     completion_mask: list[int]
     truncated: bool
+    record: Record  # the record it was encoded from
 
 
 def answer_ids(tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: Sequence[Record]) -> list[list[int]]:
@@ -232,7 +233,7 @@ def _example(
     if budget <= 0:
         raise ValueError(f"the answer alone is {len(completion)} tokens, over max_length {max_length}")
     shown = _fit(tokenizer, task, record, prompt, budget, enable_thinking)
-    return Example(shown.ids + completion, [0] * len(shown.ids) + [1] * len(completion), shown.truncated)
+    return Example(shown.ids + completion, [0] * len(shown.ids) + [1] * len(completion), shown.truncated, record)
 
 
 def encode_example(

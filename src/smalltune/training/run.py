@@ -24,14 +24,15 @@ from trl import SFTConfig, SFTTrainer
 from smalltune.config import TaskConfig, save_config
 from smalltune.data.records import Record, load_splits
 from smalltune.errors import ConfigError, DataError
-from smalltune.formatting import Example, encode_examples
+from smalltune.formatting import Example, answer_ids, encode_examples
+from smalltune.inference.engine import split_by
 from smalltune.io import atomic_write_json, atomic_write_text
 from smalltune.models import choose_dtype, load_model, load_tokenizer, resolve_model
 from smalltune.runs import RunDir
 from smalltune.tasks import build_task
 from smalltune.training.callbacks import CHECKPOINT_SCORE, JsonLog, ValidationMetrics, tracker_callbacks
 from smalltune.training.memory import Settings, estimate, task_architecture
-from smalltune.training.trainer import SmalltuneTrainer, uncast_lora_inputs
+from smalltune.training.trainer import CHOICE_IDS, GOLD, SmalltuneTrainer, uncast_lora_inputs
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,19 @@ log = logging.getLogger(__name__)
 CPU_PAD_MULTIPLE = 32
 
 
-def _dataset(examples: list[Example]) -> Dataset:
-    return Dataset.from_dict(
-        {"input_ids": [e.input_ids for e in examples], "completion_mask": [e.completion_mask for e in examples]}
-    )
+def _dataset(examples: list[Example], choices: dict[str, list] | None = None) -> Dataset:
+    return Dataset.from_dict({"input_ids": [e.input_ids for e in examples],
+                              "completion_mask": [e.completion_mask for e in examples], **(choices or {})})
+
+
+def choice_columns(tokenizer, task, records: list[Record]) -> dict[str, list]:
+    """Per record, each of its choices as the token ids inference scores (`answer_ids`: the label and the
+    end-of-turn token) and the index of its gold answer among them: what train.loss: choices trains on."""
+    choices = [task.choices(r) for r in records]
+    flat = answer_ids(tokenizer, task, [dataclasses.replace(r, output=label) for r, labels in zip(records, choices)
+                                        for label in labels])
+    return {CHOICE_IDS: split_by(flat, [len(labels) for labels in choices]),
+            GOLD: [labels.index(r.output) for r, labels in zip(records, choices)]}
 
 
 def _gradient_checkpointing(config: TaskConfig, longest: int | None = None) -> bool:
@@ -160,8 +170,11 @@ def _groups_by_length(config: TaskConfig) -> bool:
 
 
 def prepare_dataset(tokenizer, task, records: list[Record], config: TaskConfig, what: str) -> Dataset:
-    """Records to the tokenised dataset the trainer reads: prompt + answer ids and the answer mask."""
-    return _dataset(_encode(tokenizer, task, records, config, what))
+    """Records to the tokenised dataset the trainer reads: prompt + answer ids and the answer mask (with
+    train.loss: choices, each record's choices and gold index too)."""
+    examples = _encode(tokenizer, task, records, config, what)
+    choices = choice_columns(tokenizer, task, [e.record for e in examples]) if config.train.loss == "choices" else None
+    return _dataset(examples, choices)
 
 
 def speed_choices(config: TaskConfig, args: SFTConfig) -> list[str]:
@@ -211,6 +224,10 @@ def build_trainer(config: TaskConfig) -> SFTTrainer:
     log.info("model %s, dtype %s, %d training / %d validation examples", model_path, dtype, len(train_set), len(eval_set or []))
     lora = config.lora
     args = sft_config(config, dtype, eval_set is not None, max(len(ids) for ids in train_set["input_ids"]))
+    if config.train.loss == "choices" and (args.gradient_checkpointing or args.world_size > 1):
+        raise ConfigError("train.loss: choices scores each example's choices in extra passes through the KV cache: "
+                          "it runs in one process without gradient checkpointing (set train.gradient_checkpointing: "
+                          "off, or train.loss: answer)")
     trainer = SmalltuneTrainer(
         model=model,
         args=args,
@@ -225,6 +242,7 @@ def build_trainer(config: TaskConfig) -> SFTTrainer:
         labelled_logits=config.train.logits == "labelled",
         uncast_lora_inputs=uncast_lora_inputs(config, dtype),
         share_prefix=shares_prefix(config, args),
+        choice_loss=config.train.loss == "choices",
     )
     log.info("speed settings: %s", "; ".join(speed_choices(config, trainer.args)))
     if splits.validation:

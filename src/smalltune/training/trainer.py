@@ -1,5 +1,6 @@
-"""The trainer: TRL's SFTTrainer with a loss computed at answer positions only, each batch's shared prompt opening
-computed once, LoRA inputs left in bf16, and a length-grouped batch order that a resumed run repeats."""
+"""The trainer: TRL's SFTTrainer with a loss computed at answer positions only (or over a classify record's
+choices), each batch's shared prompt opening computed once, LoRA inputs left in bf16, and a length-grouped batch
+order that a resumed run repeats."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from trl import SFTTrainer
 
 from smalltune.config import TaskConfig
 from smalltune.errors import ModelError
-from smalltune.inference.scoring import cache_argument
+from smalltune.inference.scoring import cache_argument, choice_log_probs
+
+CHOICE_IDS, GOLD = "choice_ids", "gold"  # the dataset columns of train.loss: choices
 
 
 def uncast_lora_inputs(config: TaskConfig, dtype: torch.dtype) -> bool:
@@ -90,6 +93,25 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         return super().__iter__()
 
 
+class ChoicesCollator:
+    """TRL's collator, each example's choices (token ids) and gold index carried beside its batch."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = self.collate([{k: v for k, v in e.items() if k not in (CHOICE_IDS, GOLD)} for e in examples])
+        if examples and CHOICE_IDS in examples[0]:
+            batch[CHOICE_IDS] = [e[CHOICE_IDS] for e in examples]
+            batch[GOLD] = torch.tensor([e[GOLD] for e in examples])
+        return batch
+
+
+def prompt_lengths(labels: torch.Tensor) -> list[int]:
+    """Each row's prompt length: the position of its first labelled token."""
+    return (labels != -100).int().argmax(-1).tolist()
+
+
 class SmalltuneTrainer(SFTTrainer):
     """TRL's SFTTrainer with a loss that builds logits only at labelled positions (train.logits: labelled).
 
@@ -108,14 +130,26 @@ class SmalltuneTrainer(SFTTrainer):
     float32 and autocast would copy it straight back to bf16 for the same matmul (about a tenth of a CPU step),
     the same numbers either way. With dropout the mask is drawn on the float32 copy, as peft does. Generation
     outside the steps keeps peft's cast.
+
+    With `choice_loss` (train.loss: choices) a training step's loss is the cross-entropy of each example's gold
+    answer among its choices, scored by `choice_log_probs` as inference scores them, averaged over the step's
+    examples; evaluation steps keep the answer-token loss.
     """
 
     def __init__(self, *args, labelled_logits: bool = True, uncast_lora_inputs: bool = False,
-                 share_prefix: bool = False, **kwargs):
+                 share_prefix: bool = False, choice_loss: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.labelled_logits = labelled_logits
         self.uncast_lora_inputs = uncast_lora_inputs
         self.share_prefix = share_prefix
+        self.choice_loss = choice_loss
+        if choice_loss:
+            self.data_collator = ChoicesCollator(self.data_collator)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self.choice_loss and CHOICE_IDS not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, CHOICE_IDS, GOLD]
 
     def _shared_prefix(self, inputs: dict, keep: torch.Tensor) -> int:
         """The batch's shared prefix length in a training step that shares it (`share_prefix`), else 0."""
@@ -139,6 +173,9 @@ class SmalltuneTrainer(SFTTrainer):
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        choice_ids, gold = inputs.pop(CHOICE_IDS, None), inputs.pop(GOLD, None)
+        if choice_ids is not None and self.model.training and not return_outputs:
+            return self._choice_loss(model, inputs, choice_ids, gold)
         trl_loss = not self.labelled_logits or _trl_head_is_labelled_only(inputs["input_ids"].device)
         if trl_loss or return_outputs or self.aux_loss_enabled:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -158,6 +195,21 @@ class SmalltuneTrainer(SFTTrainer):
             loss = loss * self.accelerator.num_processes
         self._log_answer_metrics(log_probs.detach(), targets, inputs)
         return loss
+
+    def _choice_loss(self, model, inputs: dict, choice_ids: list[list[list[int]]], gold: torch.Tensor) -> torch.Tensor:
+        """The gold choices' cross-entropy among their records' choices, normalised by the optimizer step's
+        examples (as the answer loss is by its tokens); logs the share whose gold choice scores highest."""
+        prompts = [row[:n].tolist() for row, n in zip(inputs["input_ids"], prompt_lengths(inputs["labels"]))]
+        scores = choice_log_probs(model, prompts, choice_ids, self.processing_class.pad_token_id)
+        rows = torch.split(scores, [len(options) for options in choice_ids])
+        nll = -torch.stack([row.log_softmax(0)[g] for row, g in zip(rows, gold.tolist())]).sum()
+        step_examples = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+        right = sum(int(row.argmax()) == g for row, g in zip(rows, gold.tolist()))
+        metrics = self._metrics["train"]
+        metrics["choice_accuracy"].append(right / len(rows))
+        self._total_train_tokens += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else inputs["input_ids"].numel()
+        metrics["num_tokens"] = [self._total_train_tokens]
+        return nll / step_examples
 
     def _log_answer_metrics(self, log_probs: torch.Tensor, targets: torch.Tensor, inputs: dict) -> None:
         """TRL's per-step metrics (mean_token_accuracy, entropy, num_tokens) from the answer positions' log-probs."""
