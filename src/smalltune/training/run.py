@@ -182,6 +182,8 @@ def speed_choices(config: TaskConfig, args: SFTConfig) -> list[str]:
     t = config.train
     return [
         f"{'logits at labelled positions only' if t.logits == 'labelled' else 'TRL loss'} (train.logits={t.logits})",
+        f"{'each candidate scored after the prompt' if t.loss == 'choices' else 'the answer tokens'} in the loss "
+        f"(train.loss={t.loss})",
         f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'} "
         f"(train.gradient_checkpointing={t.gradient_checkpointing})",
         f"{'bf16 autocast' if args.bf16 else 'no autocast'} (model.dtype={config.model.dtype})",
