@@ -216,6 +216,15 @@ def answer_ids(tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: Sequ
     return [ids + closing for ids in answers]
 
 
+def choice_answer_ids(tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: Sequence[Record]) -> list[list[list[int]]]:
+    """Per record, each of `task.choices(record)` as the completion ids `answer_ids` gives it: what scoring sums
+    the log-probabilities of, and what train.loss: choices trains on."""
+    choices = [task.choices(r) for r in records]
+    flat = iter(answer_ids(tokenizer, task, [dataclasses.replace(r, output=c) for r, options in zip(records, choices)
+                                             for c in options]))
+    return [[next(flat) for _ in options] for options in choices]
+
+
 def _answer_and_prompt_ids(
     tokenizer: PreTrainedTokenizerBase, task: TaskKind, records: Sequence[Record], enable_thinking: bool
 ) -> tuple[list[list[int]], list[list[int]]]:

@@ -26,7 +26,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from transformers import AutoConfig, PreTrainedTokenizerBase
 from smalltune.config import TaskConfig
 from smalltune.data.records import Record
 from smalltune.errors import InputError, ModelError
-from smalltune.formatting import Shown, answer_ids, end_of_turn_ids, shown_prompts
+from smalltune.formatting import Shown, choice_answer_ids, end_of_turn_ids, shown_prompts
 from smalltune.gguf_writer import ARCHITECTURES
 from smalltune.models import load_tokenizer, resolve_model
 from smalltune.registry import AUTO_ENGINE, ENGINES
@@ -183,10 +183,8 @@ class Engine(ABC):
                     else None if labels else f"{s.record.where}: no candidate labels to choose from"
                     for s, labels in zip(shown, choices)]
         asked = [i for i, problem in enumerate(problems) if problem is None]
-        flat = answer_ids(self.tokenizer, self.task, [replace(shown[i].record, output=label)
-                                                      for i in asked for label in choices[i]])
-        log_probs = self._score([shown[i].ids for i in asked], split_by(flat, [len(choices[i]) for i in asked]),
-                                on_batch) if asked else []
+        candidates = choice_answer_ids(self.tokenizer, self.task, [shown[i].record for i in asked])
+        log_probs = self._score([shown[i].ids for i in asked], candidates, on_batch) if asked else []
         texts: list[str] = [""] * len(records)
         probabilities: list[dict[str, float] | None] = [None] * len(records)
         for i, scores in zip(asked, log_probs):

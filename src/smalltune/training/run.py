@@ -24,8 +24,7 @@ from trl import SFTConfig, SFTTrainer
 from smalltune.config import TaskConfig, save_config
 from smalltune.data.records import Record, load_splits
 from smalltune.errors import ConfigError, DataError
-from smalltune.formatting import Example, answer_ids, encode_examples
-from smalltune.inference.engine import split_by
+from smalltune.formatting import Example, choice_answer_ids, encode_examples
 from smalltune.io import atomic_write_json, atomic_write_text
 from smalltune.models import choose_dtype, load_model, load_tokenizer, resolve_model
 from smalltune.runs import RunDir
@@ -47,13 +46,10 @@ def _dataset(examples: list[Example], choices: dict[str, list] | None = None) ->
 
 
 def choice_columns(tokenizer, task, records: list[Record]) -> dict[str, list]:
-    """Per record, each of its choices as the token ids inference scores (`answer_ids`: the label and the
-    end-of-turn token) and the index of its gold answer among them: what train.loss: choices trains on."""
-    choices = [task.choices(r) for r in records]
-    flat = answer_ids(tokenizer, task, [dataclasses.replace(r, output=label) for r, labels in zip(records, choices)
-                                        for label in labels])
-    return {CHOICE_IDS: split_by(flat, [len(labels) for labels in choices]),
-            GOLD: [labels.index(r.output) for r, labels in zip(records, choices)]}
+    """Per record, each of its choices as the token ids inference scores (`choice_answer_ids`) and the index of its
+    gold answer among them: what train.loss: choices trains on."""
+    return {CHOICE_IDS: choice_answer_ids(tokenizer, task, records),
+            GOLD: [task.choices(r).index(r.output) for r in records]}
 
 
 def _gradient_checkpointing(config: TaskConfig, longest: int | None = None) -> bool:

@@ -207,7 +207,7 @@ class SmalltuneTrainer(SFTTrainer):
         right = sum(int(row.argmax()) == g for row, g in zip(rows, gold.tolist()))
         metrics = self._metrics["train"]
         metrics["choice_accuracy"].append(right / len(rows))
-        self._total_train_tokens += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else inputs["input_ids"].numel()
+        self._count_train_tokens(inputs)
         metrics["num_tokens"] = [self._total_train_tokens]
         return nll / step_examples
 
@@ -222,6 +222,11 @@ class SmalltuneTrainer(SFTTrainer):
         metrics["mean_token_accuracy"].append((correct / count).item() if count > 0 else 0.0)
         metrics["entropy"].append((entropy / count).item() if count > 0 else 0.0)
         if mode == "train":
-            seen = inputs["attention_mask"].sum() if "attention_mask" in inputs else torch.tensor(inputs["input_ids"].numel())
-            self._total_train_tokens += gather(seen.to(targets.device)).sum().item()
+            self._count_train_tokens(inputs)
         metrics["num_tokens"] = [self._total_train_tokens]
+
+    def _count_train_tokens(self, inputs: dict) -> None:
+        """Add the batch's unpadded tokens, over all processes, to TRL's running `num_tokens`."""
+        ids = inputs["input_ids"]
+        seen = inputs["attention_mask"].sum() if "attention_mask" in inputs else torch.tensor(ids.numel(), device=ids.device)
+        self._total_train_tokens += self.accelerator.gather_for_metrics(seen).sum().item()
