@@ -34,7 +34,7 @@ def choice_log_probs(model: PreTrainedModel, prompts: list[list[int]], choices: 
     cache = None
     if shared:
         head = torch.tensor([prompts[0][:shared]], device=device)
-        cache = _forward(model, head, torch.ones_like(head), torch.arange(shared, device=device)[None], None, 1).past_key_values
+        cache = returned_cache(model, _forward(model, head, torch.ones_like(head), torch.arange(shared, device=device)[None], None, 1))
         cache.batch_select_indices(torch.zeros(len(prompts), dtype=torch.long, device=device))
     rest_ids, rest_mask = right_padded([ids[shared:] for ids in prompts], pad_id, device)
     seen = torch.cat([torch.ones(len(prompts), shared, dtype=torch.long, device=device), rest_mask], -1)
@@ -47,11 +47,12 @@ def choice_log_probs(model: PreTrainedModel, prompts: list[list[int]], choices: 
     first = torch.tensor([ids[0] for ids in flat], device=device)
     sums = out.logits.log_softmax(-1, dtype=torch.float32)[owner, first]
     if any(len(ids) > 1 for ids in flat):
-        out.past_key_values.batch_select_indices(owner)
+        cache = returned_cache(model, out)
+        cache.batch_select_indices(owner)
         row_ids, row_mask = right_padded([ids[:-1] for ids in flat], pad_id, device)
         positions = ends[owner, None] + torch.arange(row_ids.shape[1], device=device)
         keep = row_mask.bool()
-        logits = _forward(model, row_ids, torch.cat([seen[owner], row_mask], -1), positions, out.past_key_values, keep).logits
+        logits = _forward(model, row_ids, torch.cat([seen[owner], row_mask], -1), positions, cache, keep).logits
         targets = torch.tensor([token for ids in flat for token in ids[1:]], device=device)
         token_scores = logits.log_softmax(-1, dtype=torch.float32).gather(-1, targets[:, None]).squeeze(-1)
         row_of_token = torch.repeat_interleave(torch.arange(len(flat), device=device), keep.sum(-1))
@@ -84,6 +85,11 @@ def cache_argument(model: PreTrainedModel) -> str:
     `past_key_values`, the name up to 5.2x)."""
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def returned_cache(model: PreTrainedModel, output: Any) -> Any:
+    """The KV cache a forward pass returned, read under the name the model takes it by (`cache_argument`)."""
+    return getattr(output, cache_argument(model))
 
 
 def _common_prefix_length(prompts: list[list[int]]) -> int:

@@ -12,7 +12,7 @@ from trl import SFTTrainer
 
 from smalltune.config import TaskConfig
 from smalltune.errors import ModelError
-from smalltune.inference.scoring import cache_argument, choice_log_probs
+from smalltune.inference.scoring import cache_argument, choice_log_probs, returned_cache
 
 CHOICE_IDS, GOLD = "choice_ids", "gold"  # the dataset columns of train.loss: choices
 
@@ -57,7 +57,7 @@ def answer_logits(model, inputs: dict[str, torch.Tensor], keep: torch.Tensor, pr
     if prefix == 0:
         return model(**model_inputs, use_cache=False, logits_to_keep=keep).logits
     ids = model_inputs.pop("input_ids")
-    cache = model(input_ids=ids[:1, :prefix], use_cache=True, logits_to_keep=1).past_key_values
+    cache = returned_cache(model, model(input_ids=ids[:1, :prefix], use_cache=True, logits_to_keep=1))
     cache.batch_repeat_interleave(ids.shape[0])
     model_inputs[cache_argument(model)] = cache
     model_inputs.setdefault("attention_mask", torch.ones_like(ids))
