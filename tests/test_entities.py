@@ -13,7 +13,7 @@ from smalltune.data.records import load_splits
 from smalltune.errors import ConfigError, DataError
 from smalltune.evaluation.baselines import build_baseline
 from smalltune.evaluation.crf_tagger import CharCrf, bio_tags, entity_spans, span_entities, tagged_spans
-from smalltune.recipes.demo import RECIPES, prepare_recipe
+from smalltune.recipes.demo import RECIPES, UNTUNED_SAMPLE_FILE, demo_eval_sets, prepare_recipe, records_to_answer
 from smalltune.recipes.synth.cluener import ENTITY_TYPES, cluener_sentences, entity_lists, split_pool, write_entities
 from smalltune.tasks import build_task
 
@@ -114,3 +114,18 @@ def test_the_crf_tagger_refuses_fields_that_are_not_lists():
     with pytest.raises(ConfigError, match=r"crf-tagger tags entity lists, and fields \['name', 'address', 'email', "
                                           r"'question'\] are not `type: list`"):
         build_baseline("crf-tagger", RECIPES["complaints"].config())
+
+
+@needs_cluener
+def test_the_entities_demo_measures_the_untuned_model_on_its_first_100_held_out_sentences_only(tmp_path):
+    """The untuned passes (zero- and 3-shot) are the slowest of the demo: they run on a sample, the fine-tuned model
+    and the CRF on every held-out sentence."""
+    prepare_recipe("entities", tmp_path, n_train=250, n_test=500, log=lambda _: None)
+    sample = rows_of(tmp_path / "data" / UNTUNED_SAMPLE_FILE)
+    assert sample == rows_of(tmp_path / "data" / "test.jsonl")[:100]
+    held_out, sampled = demo_eval_sets("entities", tmp_path, untuned=True)
+    assert (held_out.test_file, held_out.untuned) == (None, False)
+    assert (sampled.test_file, sampled.untuned) == (tmp_path / "data" / UNTUNED_SAMPLE_FILE, True)
+    assert not any(s.untuned for s in demo_eval_sets("entities", tmp_path, untuned=False))  # a later seed
+    assert records_to_answer("entities", tmp_path, 500, seeds=1) == 500 + 100 * 3
+    assert demo_eval_sets("complaints", tmp_path, untuned=True)[0].untuned  # other recipes: the whole held-out set
