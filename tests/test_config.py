@@ -167,3 +167,15 @@ def test_a_json_schema_inline_or_in_a_file_beside_the_task_file_reads_as_the_sam
     nullable["properties"] = {**SCHEMA["properties"], "email": {"type": ["string", "null"], "description": "投诉人邮箱"}}
     text = head + yaml.safe_dump({"schema": nullable}, allow_unicode=True, sort_keys=False)
     assert list(load_config(write(tmp_path, text)).fields.items()) == expected
+
+
+def test_max_items_is_a_list_setting_also_read_from_a_schema_max_items(tmp_path):
+    head = "name: c\nkind: extract\ndata: {train: x.jsonl}\n"
+    schema = {"type": "object", "required": ["companies"],
+              "properties": {"companies": {"type": "array", "items": {"type": "string"}, "maxItems": 5}}}
+    text = head + yaml.safe_dump({"schema": schema}, allow_unicode=True, sort_keys=False)
+    assert load_config(write(tmp_path, text)).fields["companies"].max_items == 5
+    with pytest.raises(ConfigError, match="only a list field has max_items"):
+        load_config(write(tmp_path, head + "fields:\n  name: {type: string, max_items: 3}\n"))
+    with pytest.raises(ConfigError, match="max_items"):
+        load_config(write(tmp_path, head + "fields:\n  companies: {type: list, max_items: 0}\n"))

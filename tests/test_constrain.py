@@ -229,3 +229,18 @@ def test_a_lines_field_names_only_lines_of_the_input_in_ascending_ranges(compile
     empty = task.grammar(Record("e", "t:2", "", None), True)
     assert _accepts(compiler, empty, qwen_tokenizer, '{"title": "", "content": []}')
     assert not _accepts(compiler, empty, qwen_tokenizer, '{"title": "", "content": [[1, 1]]}')
+
+
+@pytest.mark.parametrize("grounded", [True, False])
+def test_a_list_with_max_items_closes_there_so_a_repeated_item_cannot_run_past_the_budget(compiler, qwen_tokenizer,
+                                                                                         grounded):
+    """The entities model once wrote one team name 30 times until its 128 tokens ran out (invalid JSON): with
+    max_items the grammar allows at most that many items."""
+    text = "维拉也占据绝对上风。不过专家组考虑到富勒姆近期出色的状态"
+    ebnf = extract_grammar({"organization": FieldSpec(type="list", max_items=3)}, text if grounded else None)
+    answer = lambda n: json.dumps({"organization": ["维拉"] * n}, ensure_ascii=False)  # noqa: E731
+    assert all(_accepts(compiler, ebnf, qwen_tokenizer, answer(n)) for n in (0, 1, 3))
+    assert not _accepts(compiler, ebnf, qwen_tokenizer, answer(4))
+    single = extract_grammar({"organization": FieldSpec(type="list", max_items=1)}, text if grounded else None)
+    assert _accepts(compiler, single, qwen_tokenizer, json.dumps({"organization": ["富勒姆"]}, ensure_ascii=False))
+    assert not _accepts(compiler, single, qwen_tokenizer, answer(2))

@@ -196,6 +196,13 @@ def test_check_names_the_field_and_the_type_a_training_value_lacks(field, value,
     assert problem is not None and message in problem
 
 
+def test_check_refuses_a_training_list_longer_than_its_max_items():
+    fields = {**TYPED, "companies": {"type": "list", "max_items": 2}}
+    assert task("extract", fields=fields).check(rec(GOLD)) is None
+    problem = task("extract", fields=fields).check(rec({**GOLD, "companies": ["阿里巴巴", "腾讯", "百度"]}))
+    assert problem is not None and "field 'companies': 3 items, more than max_items (2)" in problem
+
+
 def test_the_data_check_reports_a_wrong_type_at_its_file_and_line(tmp_path):
     t = task("extract", fields=TYPED)
     path = write_jsonl(tmp_path / "f.jsonl", [{"input": "a", "output": GOLD}, {"input": "b", "output": {**GOLD, "companies": 3}}])

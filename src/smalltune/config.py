@@ -40,6 +40,9 @@ class FieldSpec(_Strict):
     extractive: bool | None = Field(None, validate_default=True,
                                     description="The value (each item of a list) is copied verbatim from the input "
                                     "text; string and list only (their default; None becomes it on validation)")
+    max_items: int | None = Field(None, ge=1, description="A list's most items (JSON Schema maxItems): constrained "
+                                  "decoding closes the list there, so a model that repeats an item cannot write past "
+                                  "its token budget; data check refuses longer lists.")
 
     @field_validator("optional")
     @classmethod
@@ -66,6 +69,14 @@ class FieldSpec(_Strict):
             raise ValueError(f"choices {value} name a value twice")
         return value
 
+    @field_validator("max_items")
+    @classmethod
+    def _max_items_of_a_list(cls, value: int | None, info: ValidationInfo) -> int | None:
+        kind = info.data.get("type")
+        if value is not None and kind is not None and kind != "list":
+            raise ValueError(f"only a list field has max_items (this one is {kind}): drop max_items or set type: list")
+        return value
+
     @field_validator("extractive")
     @classmethod
     def _extractive_text_only(cls, value: bool | None, info: ValidationInfo) -> bool:
@@ -79,7 +90,7 @@ class FieldSpec(_Strict):
         return value
 
 
-_PROPERTY_KEYS = ("type", "description", "title", "enum", "format", "items", "extractive")
+_PROPERTY_KEYS = ("type", "description", "title", "enum", "format", "items", "maxItems", "extractive")
 _SCALAR_TYPES = ("string", "integer", "number", "boolean")
 
 
@@ -113,6 +124,7 @@ def _field_of(key: str, prop: object, required: bool) -> dict[str, Any]:
     kind = _field_type(key, [t for t in types if t != "null"], prop)
     field: dict[str, Any] = {"description": prop.get("description", ""), "type": kind}
     field.update({"extractive": prop["extractive"]} if "extractive" in prop else {})
+    field.update({"max_items": prop["maxItems"]} if "maxItems" in prop else {})
     if kind == "choice":
         field["choices"] = [value for value in prop["enum"] if value is not None]
     if not required or "null" in types or None in prop.get("enum", ()):

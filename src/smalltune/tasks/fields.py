@@ -68,6 +68,8 @@ def data_problem(spec: FieldSpec, value: Any) -> str | None:
         twice = next((item for i, item in enumerate(value) if item in value[:i]), None)
         if twice is not None:
             return f"{_shown(twice)} is listed twice: list each item once"
+        if spec.max_items is not None and len(value) > spec.max_items:
+            return f"{len(value)} items, more than max_items ({spec.max_items})"
     return None
 
 

@@ -159,7 +159,8 @@ def _text_value(spec: FieldSpec, copied: bool, can_copy: bool) -> _Value:
     if spec.type == "list":
         if some is None:
             return _Value('"[]"')
-        return _Value(f'"[" ({some.ebnf} (", " {some.ebnf})*)? "]"', some.helpers, some.copies_some)
+        more = "*" if spec.max_items is None else f"{{0,{spec.max_items - 1}}}"
+        return _Value(f'"[" ({some.ebnf} (", " {some.ebnf}){more})? "]"', some.helpers, some.copies_some)
     if spec.optional:
         return some or _Value('"null"')
     return _Value(_COPIED) if copied else _Value("string", ("string",))
