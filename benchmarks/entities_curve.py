@@ -7,7 +7,7 @@ train_summary.json) and prints one table: N, training minutes, the held-out micr
 the CRF baseline on all held-out sentences, and of the fine-tuned and the untuned model (zero-shot and few-shot)
 on the first 100, where the demo measures the untuned model.
 
-    python benchmarks/entities_curve.py                          # N = 250, 500, 1000, 2000: about 4 h (2-core CPU)
+    python benchmarks/entities_curve.py                          # N = 250, 500, 1000, 2000: about 3 h (2-core CPU)
     python benchmarks/entities_curve.py --sizes 250 500 1000 2000 4000
     python benchmarks/entities_curve.py --table-only             # print the table of the runs already there
 """

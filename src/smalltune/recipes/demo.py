@@ -147,7 +147,7 @@ RECIPES: dict[str, Recipe] = {
                FEWCLUE_TNEWS),
         Recipe("role-play", "a line to 甄嬛 -> her reply", write_role_play, 600, 100, 17, True),
         Recipe("entities", "news sentence -> its entities of 10 types, a list each (CLUENER2020)",
-               write_entities_and_untuned_sample, 2000, 500, 180, False,
+               write_entities_and_untuned_sample, 2000, 500, 80, False,
                (OtherTest(f"first {UNTUNED_SAMPLE_RECORDS} held-out sentences, every system", UNTUNED_SAMPLE_FILE,
                           untuned=True),),
                CLUENER2020, untuned_on_held_out=False),
