@@ -289,9 +289,11 @@ def run_demo(
         log(f"fine-tuning {seeded.model.name} with LoRA (seed {seed}): run directory {seeded.run_dir}")
         run_dir = train(seeded)
         other_tests = get_recipe(recipe).other_tests
-        log("measuring " + ("the untuned and " if i == 0 else "") + "the fine-tuned model on the held-out records"
-            + "".join(f", the {other.title}" for other in other_tests))
-        held_out, *others = evaluate_sets(run_dir, demo_eval_sets(recipe, work_dir, i == 0), on_batch=on_batch)
+        sets = demo_eval_sets(recipe, work_dir, i == 0)
+        titles = ["the held-out records", *(f"the {other.title}" for other in other_tests)]
+        log("measuring the fine-tuned model on " + ", ".join(titles)
+            + "".join(f"; the untuned one on {title}" for title, s in zip(titles, sets) if s.untuned))
+        held_out, *others = evaluate_sets(run_dir, sets, on_batch=on_batch)
         runs.append(SeedResults(seed, run_dir, held_out, {other.title: r for other, r in zip(other_tests, others)}))
     results = DemoResults(runs)
     if seeds > 1:
