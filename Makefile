@@ -32,8 +32,12 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/smalltune demo
 
+# the suite in two worker processes (pytest-xdist): many tests wait on subprocesses, servers and kills, so two
+# workers on two cores take about half the time of one
+TEST_WORKERS ?= 2
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow

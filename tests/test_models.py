@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,14 +29,25 @@ def test_conversion_happens_once(default_model_dir):
     assert marker.stat().st_mtime_ns == before
 
 
-def test_a_gguf_file_converts_to_a_loadable_model(tmp_path, monkeypatch):
+CONVERT = "import logging, sys; logging.basicConfig(level=logging.INFO); " \
+          "from smalltune.models import resolve_model; print(resolve_model(sys.argv[1]))"
+
+
+def test_a_gguf_file_converts_once_to_a_loadable_model_when_two_processes_ask_at_once(tmp_path):
     from smalltune.models import PACKAGED, _package_file, load_model, load_tokenizer
 
     smol = PACKAGED["smollm2-135m"]
     gguf = _package_file(*smol.parts[0], smol.install)
-    monkeypatch.setenv("SMALLTUNE_CACHE", str(tmp_path))
-    path = resolve_model(str(gguf))
+    env = {**os.environ, "SMALLTUNE_CACHE": str(tmp_path)}
+    processes = [subprocess.Popen([sys.executable, "-c", CONVERT, str(gguf)], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    finished = [process.communicate(timeout=300) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], finished
+    paths = {out.strip() for out, _ in finished}
+    assert len(paths) == 1
+    path = paths.pop()
     assert Path(path).parent == tmp_path / "models"
+    assert sum("converting" in err for _, err in finished) == 1  # the second waited for the first's directory
     tokenizer = load_tokenizer(path)
     model = load_model(path, torch.float32)
     ids = tokenizer("Hello", return_tensors="pt")["input_ids"]

