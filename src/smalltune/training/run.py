@@ -117,6 +117,12 @@ def _encode(tokenizer, task, records: list[Record], config: TaskConfig, what: st
     return examples
 
 
+# transformers 5.23 renamed TrainingArguments.gradient_checkpointing (a warning on the old name in every run); the
+# old name still reads back the setting
+CHECKPOINTING_ARG = next(name for name in ("activation_checkpointing", "gradient_checkpointing")
+                         if name in {field.name for field in dataclasses.fields(SFTConfig)})
+
+
 def sft_config(config: TaskConfig, dtype: torch.dtype, has_validation: bool, longest: int | None = None) -> SFTConfig:
     """TRL settings derived from the task file (and the longest training example, in tokens, where known);
     every choice is logged by the trainer.
@@ -147,7 +153,7 @@ def sft_config(config: TaskConfig, dtype: torch.dtype, has_validation: bool, lon
         data_seed=t.seed,
         bf16=dtype == torch.bfloat16,
         use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=_gradient_checkpointing(config, longest),
+        **{CHECKPOINTING_ARG: _gradient_checkpointing(config, longest)},
         train_sampling_strategy="group_by_length" if _groups_by_length(config) else "random",
         use_liger_kernel=_liger_kernel(t.liger_kernel),
         ddp_find_unused_parameters=False,  # every LoRA weight is used in each step: skip DDP's extra graph walk
