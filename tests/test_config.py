@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -179,3 +180,16 @@ def test_max_items_is_a_list_setting_also_read_from_a_schema_max_items(tmp_path)
         load_config(write(tmp_path, head + "fields:\n  name: {type: string, max_items: 3}\n"))
     with pytest.raises(ConfigError, match="max_items"):
         load_config(write(tmp_path, head + "fields:\n  companies: {type: list, max_items: 0}\n"))
+
+
+def test_the_readmes_task_file_loads_as_written_with_the_defaults_it_states(tmp_path):
+    """A newcomer copies the README's task file: it must load, and the values it shows must be the real defaults."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    example = readme.split("## The task file", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "readme.yaml").write_text(example, encoding="utf-8")
+    (tmp_path / "minimal.yaml").write_text("name: x\nkind: extract\nfields: {a: b}\ndata: {train: t.jsonl}\n")
+    assert load_config(tmp_path / "readme.yaml").name == "complaints"
+    defaults = load_config(tmp_path / "minimal.yaml")
+    for section in ("model", "lora", "train", "infer"):
+        shown = yaml.safe_load(example)[section]
+        assert shown == {key: getattr(getattr(defaults, section), key) for key in shown}, section
