@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,15 +68,20 @@ def _assemble(model: PackagedModel, target: Path) -> Path:
     files = [_package_file(pkg, rel, model.install) for pkg, rel in model.parts]
     if len(files) == 1:
         return files[0]
-    def assembled() -> bool:
-        return target.is_file() and target.stat().st_size == model.size
-
-    if not assembled():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{target}.lock"):  # processes started together (test workers, a job array) assemble it once
-            if not assembled():
-                _concatenate(model, files, target)
+    _once(target, lambda: target.is_file() and target.stat().st_size == model.size,
+          lambda: _concatenate(model, files, target))
     return target
+
+
+def _once(path: Path, done: Callable[[], bool], make: Callable[[], None]) -> None:
+    """`make` the file or folder at `path` unless `done()`, under a lock beside it: processes started together (test
+    workers, a job array) make it once, the others wait and use it."""
+    if done():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        if not done():
+            make()
 
 
 def _concatenate(model: PackagedModel, files: list[Path], target: Path) -> None:
@@ -100,13 +106,7 @@ def _gguf_key(path: Path) -> str:
 
 def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     """Dequantise a GGUF file into a Hugging Face directory (safetensors + tokenizer), once."""
-    marker = out_dir / "smalltune-converted.json"
-    if marker.is_file():
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{out_dir}.lock"):  # a second process waits for the first one's conversion, then uses it
-        if not marker.is_file():
-            _convert(gguf, out_dir)
+    _once(out_dir, (out_dir / "smalltune-converted.json").is_file, lambda: _convert(gguf, out_dir))
     return out_dir
 
 
